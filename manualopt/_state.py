@@ -1,0 +1,65 @@
+"""Per-module bookkeeping: what manualopt knows about one ``ManualOptimizationModule`` instance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from torch.optim import Optimizer
+    from torch.utils.hooks import RemovableHandle
+
+_ATTRIBUTE = "_manualopt_state"
+
+
+@dataclass
+class ModuleState:
+    """Mutable state kept beside a module, outside its ``state_dict``.
+
+    Attributes:
+        names: Optimizer names, in the order of ``trainer.optimizers``; set when fit starts.
+        optimizers: The torch optimizers of the running fit, in the same order.
+        updates: Completed updates per optimizer name in this run (restored from checkpoints).
+        configured_names: Names taken from a mapping returned by ``configure_optimizers``, until fit starts.
+        training_depth: How deep inside Lightning's own ``training_step`` call the code runs (0: outside).
+        stepped_in_call: Whether an optimizer stepped during the current ``training_step`` call.
+        batch_stepped: Whether the current (or last) batch made a training step.
+        step_depth: Nesting depth of optimizer steps in progress (a wrapper optimizer stepping its base).
+        handles: Torch optimizer hook handles owned by manualopt.
+        undo: Functions removing what manualopt set on the trainer for this fit.
+        loaded: The manualopt entry of a checkpoint being resumed, until it is applied.
+        callback: The callback manualopt attaches through ``configure_callbacks``.
+    """
+
+    names: list[str] = field(default_factory=list)
+    optimizers: list[Optimizer] = field(default_factory=list)
+    updates: dict[str, int] = field(default_factory=dict)
+    configured_names: list[str] | None = None
+    training_depth: int = 0
+    stepped_in_call: bool = False
+    batch_stepped: bool = True
+    step_depth: int = 0
+    handles: list[RemovableHandle] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+    loaded: dict[str, Any] | None = None
+    callback: Callback | None = None
+
+
+def state_of(module: pl.LightningModule) -> ModuleState:
+    """The module's state, created on first use (so it does not depend on ``__init__`` order)."""
+    attributes = vars(module)
+    state = attributes.get(_ATTRIBUTE)
+    if state is None:
+        state = attributes[_ATTRIBUTE] = ModuleState()
+    return state  # type: ignore[no-any-return]
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The trainer the module is attached to, or None."""
+    try:
+        return module.trainer
+    except RuntimeError:  # "not attached to a Trainer"
+        return None

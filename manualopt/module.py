@@ -1,0 +1,297 @@
+"""``ManualOptimizationModule``: a ``LightningModule`` whose manual optimization keeps Lightning's counters right."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor
+from torch.optim import Optimizer
+
+from manualopt._callback import ManualOptimizationCallback, guard_lightning_optimizers, lightning_optimizers
+from manualopt._guard import check_inside_training_step
+from manualopt._lightning import current_hook_name, set_global_step
+from manualopt._optimizers import normalize_optimizer_config, refuse_steps
+from manualopt._state import attached_trainer, state_of
+from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
+
+__all__ = ["ManualOptimizationModule", "OptimizerKey", "StepResult"]
+
+#: How an optimizer can be addressed: its name, its index, or the optimizer itself.
+OptimizerKey = str | int | Optimizer | LightningOptimizer
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_WRAPPED = "__manualopt_wrapped__"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`ManualOptimizationModule.manual_step` call did.
+
+    Attributes:
+        optimizer: The name of the optimizer.
+        stepped: Whether the optimizer really updated the parameters. False when a precision plugin skipped the
+            step (16-bit AMP found non-finite gradients).
+        updates: The optimizer's number of updates in this run so far, this one included.
+    """
+
+    optimizer: str
+    stepped: bool
+    updates: int
+
+
+class ManualOptimizationModule(LightningModule):
+    """A ``LightningModule`` for manual optimization in which every Lightning built-in keeps working.
+
+    Inherit it instead of ``LightningModule`` and update the parameters inside ``training_step``, preferably with
+    :meth:`manual_step`. Plain Lightning manual code (``opt.zero_grad(); self.manual_backward(loss); opt.step()``) also
+    works unchanged. Then:
+
+    * ``trainer.global_step`` counts training steps: ``training_step`` calls in which at least one optimizer stepped,
+      however it stepped. ``max_steps``, ``ModelCheckpoint`` (every trigger), ``log_every_n_steps``, the loggers'
+      step axis and resuming therefore behave as in automatic optimization, whatever the number of optimizers.
+    * Each optimizer's number of updates is counted by name (:attr:`optimizer_updates`) and saved in checkpoints.
+    * An optimizer step, ``manual_step`` or ``manual_backward`` outside ``training_step`` raises
+      :class:`~manualopt.StepOutsideTrainingStepError` before anything changes.
+
+    ``configure_optimizers`` may return every form Lightning accepts, or a mapping of names::
+
+        def configure_optimizers(self):
+            return {
+                "generator": torch.optim.Adam(self.generator.parameters()),
+                "discriminator": {"optimizer": opt_d, "lr_scheduler": scheduler_d},
+            }
+
+    Unnamed optimizers are called ``optimizer_0``, ``optimizer_1``, ... in order.
+
+    Example:
+        >>> import torch
+        >>> from manualopt import ManualOptimizationModule
+        >>> class Regression(ManualOptimizationModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layer = torch.nn.Linear(4, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        ...         self.manual_step("sgd", loss)
+        ...         return loss
+        ...     def configure_optimizers(self):
+        ...         return {"sgd": torch.optim.SGD(self.parameters(), lr=0.1)}
+        >>> Regression().automatic_optimization
+        False
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The hooks are wrapped where they resolve on the final class, so manualopt's bookkeeping runs whichever class
+        # in the hierarchy (a mixin included) defines them, and whether or not they call ``super()``.
+        for name, wrap in _HOOK_WRAPPERS.items():
+            function = getattr(cls, name, None)
+            if function is None or getattr(function, _WRAPPED, False) or function is getattr(LightningModule, name):
+                continue
+            setattr(cls, name, wrap(function))
+
+    # ------------------------------------------------------------------ automatic_optimization
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Always False: a ``ManualOptimizationModule`` is manually optimized."""
+        return False
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        if value:
+            raise OptimizerConfigurationError(
+                f"`{type(self).__name__}` is a ManualOptimizationModule, which is always manually optimized; setting"
+                " `automatic_optimization = True` is not possible. For automatic optimization inherit"
+                " `lightning.pytorch.LightningModule` instead, or step the optimizers with `self.manual_step(...)`."
+            )
+
+    # ------------------------------------------------------------------ optimizers by name
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        """The names of the optimizers of the current fit, in ``trainer.optimizers`` order."""
+        return tuple(state_of(self).names)
+
+    @property
+    def optimizer_updates(self) -> Mapping[str, int]:
+        """Completed updates per optimizer name in this run, read-only. Saved in and restored from checkpoints.
+
+        A step that a precision plugin skipped (16-bit AMP, non-finite gradients) is not an update.
+        """
+        return MappingProxyType(dict(state_of(self).updates))
+
+    def named_optimizers(self) -> Mapping[str, LightningOptimizer]:
+        """The optimizers of the running fit by name, as the ``LightningOptimizer`` objects of ``self.optimizers()``."""
+        return MappingProxyType(dict(zip(state_of(self).names, lightning_optimizers(self))))
+
+    def _resolve(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
+        state = state_of(self)
+        if not state.names:
+            raise UnknownOptimizerError(
+                "No optimizers are known yet: optimizers can be addressed once `Trainer.fit` has called"
+                " `configure_optimizers`, inside `training_step`."
+            )
+        wrapped = lightning_optimizers(self)
+        index: int | None = None
+        if isinstance(optimizer, str):
+            if optimizer in state.names:
+                index = state.names.index(optimizer)
+        elif isinstance(optimizer, int) and not isinstance(optimizer, bool):
+            if -len(state.names) <= optimizer < len(state.names):
+                index = optimizer % len(state.names)
+        elif isinstance(optimizer, LightningOptimizer):
+            index = next((i for i, candidate in enumerate(wrapped) if candidate is optimizer), None)
+        elif isinstance(optimizer, Optimizer):
+            index = next((i for i, candidate in enumerate(state.optimizers) if candidate is optimizer), None)
+        if index is None:
+            shown = optimizer if isinstance(optimizer, (str, int)) else type(optimizer).__name__
+            raise UnknownOptimizerError(
+                f"Unknown optimizer {shown!r}. This module's optimizers are {list(state.names)}; address one by"
+                " name, by index, or pass an optimizer from `self.optimizers()`."
+            )
+        return state.names[index], wrapped[index]
+
+    # ------------------------------------------------------------------ stepping
+
+    def manual_step(
+        self,
+        optimizer: OptimizerKey,
+        loss: Tensor | None = None,
+        *,
+        backward_kwargs: Mapping[str, Any] | None = None,
+    ) -> StepResult:
+        """Update one optimizer's parameters: backward (when given a loss), step, and reset its gradients.
+
+        Call it inside ``training_step``. With ``loss``: the gradients of this optimizer's parameters are reset, the
+        loss is back-propagated through :meth:`manual_backward` (so precision plugins and strategies apply), the
+        optimizer steps, and its gradients are set to None. The update then uses exactly this loss's gradient, even
+        when another optimizer's backward pass wrote gradients into these parameters before. Without ``loss``: the
+        optimizer steps on the gradients already computed, then its gradients are set to None.
+
+        Args:
+            optimizer: The optimizer's name, its index, or an optimizer from ``self.optimizers()``.
+            loss: The scalar loss to back-propagate, or None to step on existing gradients.
+            backward_kwargs: Keyword arguments for ``Tensor.backward`` (e.g. ``{"retain_graph": True}``).
+
+        Returns:
+            Which optimizer it was, whether it really stepped, and its update count.
+
+        Raises:
+            StepOutsideTrainingStepError: Called outside ``training_step``; nothing was changed.
+            UnknownOptimizerError: ``optimizer`` names no optimizer of this module.
+        """
+        name, lightning_optimizer = self._resolve_for_step(optimizer)
+        check_inside_training_step(self, f"`manual_step({name!r})`", name)
+        state = state_of(self)
+        before = state.updates.get(name, 0)
+        if loss is not None:
+            lightning_optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss, **dict(backward_kwargs or {}))
+        lightning_optimizer.step()
+        lightning_optimizer.zero_grad(set_to_none=True)
+        updates = state.updates.get(name, 0)
+        return StepResult(optimizer=name, stepped=updates > before, updates=updates)
+
+    def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
+        if not state_of(self).names:
+            # Not fitting: report where the call came from rather than that optimizers are unknown.
+            check_inside_training_step(self, "`manual_step`", optimizer if isinstance(optimizer, str) else None)
+        return self._resolve(optimizer)
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Back-propagate ``loss`` through Lightning (precision plugins and strategies apply).
+
+        Allowed only inside ``training_step``; elsewhere it raises
+        :class:`~manualopt.StepOutsideTrainingStepError` before computing anything.
+        """
+        check_inside_training_step(self, "`manual_backward`", None)
+        super().manual_backward(loss, *args, **kwargs)
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Callbacks this module adds to the Trainer. manualopt adds its own whether or not this is overridden."""
+        return []
+
+
+def _wrap_training_step(function: _F) -> _F:
+    @functools.wraps(function)
+    def training_step(self: ManualOptimizationModule, *args: Any, **kwargs: Any) -> Any:
+        state = state_of(self)
+        if state.training_depth:
+            return function(self, *args, **kwargs)  # nested: super() chains and helpers
+        trainer = attached_trainer(self)
+        if trainer is None or not trainer.training or current_hook_name(self) != "training_step":
+            # Not Lightning's call (e.g. a hook calling ``self.training_step``): no training step opens.
+            return function(self, *args, **kwargs)
+        guard_lightning_optimizers(self, trainer)
+        base = trainer.global_step
+        state.training_depth, state.stepped_in_call, state.step_depth = 1, False, 0
+        try:
+            return function(self, *args, **kwargs)
+        finally:
+            state.training_depth = 0
+            state.batch_stepped = state.stepped_in_call
+            set_global_step(trainer, base + int(state.stepped_in_call))
+
+    setattr(training_step, _WRAPPED, True)
+    return training_step  # type: ignore[return-value]
+
+
+def _wrap_configure_optimizers(function: _F) -> _F:
+    @functools.wraps(function)
+    def configure_optimizers(self: ManualOptimizationModule) -> Any:
+        with refuse_steps(self):
+            config = function(self)
+        if current_hook_name(self) != "configure_optimizers":
+            return config  # called directly, not by the Trainer: return it as written
+        config, names = normalize_optimizer_config(config)
+        state = state_of(self)
+        state.configured_names = names
+        trainer = attached_trainer(self)
+        callback = state.callback
+        if trainer is not None and callback is not None and callback in trainer.callbacks:
+            # Run manualopt's hooks first, so its step guards are in place before any other callback's hooks.
+            trainer.callbacks.remove(callback)
+            trainer.callbacks.insert(0, callback)
+        return config
+
+    setattr(configure_optimizers, _WRAPPED, True)
+    return configure_optimizers  # type: ignore[return-value]
+
+
+def _wrap_configure_callbacks(function: _F) -> _F:
+    @functools.wraps(function)
+    def configure_callbacks(self: ManualOptimizationModule) -> Sequence[Callback] | Callback:
+        result = function(self)
+        callbacks: list[Callback] = (
+            [] if not result else [result] if isinstance(result, Callback) else list(result)
+        )
+        state = state_of(self)
+        if state.callback is None:
+            state.callback = ManualOptimizationCallback(self)
+        trainer = attached_trainer(self)
+        if trainer is None or state.callback not in trainer.callbacks:
+            callbacks.append(state.callback)
+        return callbacks
+
+    setattr(configure_callbacks, _WRAPPED, True)
+    return configure_callbacks  # type: ignore[return-value]
+
+
+_HOOK_WRAPPERS: dict[str, Callable[[Any], Any]] = {
+    "training_step": _wrap_training_step,
+    "configure_optimizers": _wrap_configure_optimizers,
+    "configure_callbacks": _wrap_configure_callbacks,
+}
+
+ManualOptimizationModule.configure_callbacks = _wrap_configure_callbacks(  # type: ignore[method-assign]
+    ManualOptimizationModule.configure_callbacks
+)
