@@ -26,25 +26,28 @@ def inside_training_step(module: pl.LightningModule) -> bool:
     return trainer is not None and trainer.training
 
 
+_OUTSIDE_FIT = "outside a running `Trainer.fit` (no Trainer is running this module)"
+
+
 def where(module: pl.LightningModule) -> str:
-    """Describe where the code runs, for error messages: the hook and who owns it."""
+    """Describe where the code runs, for error messages: "in `Owner.hook`", or outside a running fit."""
     trainer = attached_trainer(module)
     if trainer is None or trainer.state.status != TrainerStatus.RUNNING:
-        return "outside a running `Trainer.fit` (no Trainer is running this module)"
+        return _OUTSIDE_FIT
     hook = current_hook_name(module)
     during = "" if trainer.state.fn == TrainerFn.FITTING else f" during `Trainer.{trainer.state.fn.value}`"
     if hook is None:
-        return f"outside any Lightning hook{during}"
+        return f"in no Lightning hook{during}"
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == hook:
             owner = frame.f_locals.get("self")
             if isinstance(owner, Callback):
-                return f"`{type(owner).__name__}.{hook}` (a Callback hook){during}"
+                return f"in `{type(owner).__name__}.{hook}` (a Callback hook){during}"
             if owner is module:
                 break
         frame = frame.f_back  # type: ignore[assignment]
-    return f"`{type(module).__name__}.{hook}`{during}"
+    return f"in `{type(module).__name__}.{hook}`{during}"
 
 
 def check_inside_training_step(module: pl.LightningModule, action: str, optimizer_name: str | None) -> None:
@@ -63,9 +66,12 @@ def check_inside_training_step(module: pl.LightningModule, action: str, optimize
 def refuse(module: pl.LightningModule, action: str, optimizer_name: str | None) -> NoReturn:
     names = state_of(module).names
     example_name = optimizer_name or (names[0] if names else "optimizer_0")
+    place = where(module)
+    if place != _OUTSIDE_FIT:
+        place += ", outside `training_step`"
     raise StepOutsideTrainingStepError(
-        f"{action} was called in {where(module)}, outside `training_step`. Nothing was changed: weights, gradients"
-        " and optimizer state are as they were.\n"
+        f"{action} was called {place}. Nothing was changed: weights, gradients and optimizer state are as they"
+        " were.\n"
         "With manualopt every optimizer step and backward pass belongs to a training step, so that"
         " `trainer.global_step`, `max_steps` and `ModelCheckpoint` count it.\n"
         "Fix: move it into `training_step`, e.g.\n"

@@ -80,26 +80,41 @@ def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool
     """Treat a batch whose ``training_step`` stepped no optimizer like an accumulation batch.
 
     Why: in manual optimization Lightning advances the logger's step counter (``_batches_that_stepped``) after every
-    batch and zeroes all gradients before a mid-epoch validation. In automatic optimization both happen only on
-    batches that stepped, decided by ``_TrainingEpochLoop._should_accumulate``. Answering that question per batch
-    makes the logger's step axis count training steps and keeps gradients a user is accumulating across batches.
-    The method is replaced on this loop instance only; the returned function removes the replacement.
+    batch, writes the training metrics of every batch (re-writing stale values after a batch that logged nothing),
+    and zeroes all gradients before a mid-epoch validation. In automatic optimization all three happen only on
+    batches that stepped: ``_TrainingEpochLoop._should_accumulate`` decides, and
+    ``_LoggerConnector.update_train_step_metrics`` returns early on accumulating batches. Answering the question per
+    batch, and skipping the metric write the same way, makes the logger's step axis count training steps and keeps
+    gradients a user is accumulating across batches. Both methods are replaced on these instances only; the returned
+    function removes the replacements.
 
     Returns:
         A function that removes the gate.
     """
     epoch_loop = trainer.fit_loop.epoch_loop
-    original = type(epoch_loop)._should_accumulate.__get__(epoch_loop)
+    logger_connector = trainer._logger_connector
+    should_accumulate = type(epoch_loop)._should_accumulate.__get__(epoch_loop)
+    update_train_step_metrics = type(logger_connector).update_train_step_metrics.__get__(logger_connector)
 
     def _should_accumulate() -> bool:
-        return batch_made_no_step() or original()
+        return batch_made_no_step() or should_accumulate()
 
-    setattr(_should_accumulate, _MARK, True)
-    epoch_loop._should_accumulate = _should_accumulate  # type: ignore[method-assign]
+    def _update_train_step_metrics() -> None:
+        if not batch_made_no_step():
+            update_train_step_metrics()
+
+    patches = {
+        (epoch_loop, "_should_accumulate"): _should_accumulate,
+        (logger_connector, "update_train_step_metrics"): _update_train_step_metrics,
+    }
+    for (owner, name), function in patches.items():
+        setattr(function, _MARK, True)
+        setattr(owner, name, function)
 
     def remove() -> None:
-        if getattr(epoch_loop.__dict__.get("_should_accumulate"), _MARK, False):
-            del epoch_loop._should_accumulate
+        for owner, name in patches:
+            if getattr(vars(owner).get(name), _MARK, False):
+                delattr(owner, name)
 
     return remove
 

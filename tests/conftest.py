@@ -132,3 +132,30 @@ def _quiet_and_deterministic() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         yield
+
+
+class AutoNet(pl.LightningModule):
+    """The automatically optimized twin of ``TwoNets``: one optimizer, one step per batch.
+
+    Used where a Lightning release's own behaviour differs from another's: manualopt must match automatic optimization
+    on the installed release, whatever that release does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = nn.Linear(4, 1)
+        self.training_step_calls = 0
+        self.global_steps_seen: list[int] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.training_step_calls += 1
+        self.global_steps_seen.append(self.trainer.global_step)
+        x, y = batch
+        return nn.functional.mse_loss(self.generator(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.generator(x), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.generator.parameters(), lr=0.01)

@@ -1,0 +1,167 @@
+"""Stock ModelCheckpoint behaves as in automatic optimization; counters survive checkpoints and resume."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import AutoNet, TwoNets, checkpoint_steps, loader, trainer
+from lightning import __version__ as lightning_version
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from manualopt import OptimizerConfigurationError
+
+# Before 2.5, ModelCheckpoint tested ``if train_time_interval:``, so ``timedelta(0)`` never saved, in automatic
+# optimization too.
+LIGHTNING_TREATS_ZERO_INTERVAL_AS_UNSET = tuple(int(p) for p in lightning_version.split(".")[:2]) < (2, 5)
+
+
+def _fit(tmp_path: Path, model: TwoNets, checkpoint: ModelCheckpoint, **kwargs: Any) -> Any:
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True, **kwargs)
+    fit.fit(model, loader(), kwargs.pop("val", None))
+    return fit
+
+
+def test_every_n_epochs_names_training_steps(tmp_path: Path) -> None:
+    _fit(tmp_path, TwoNets(), ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1))
+    assert checkpoint_steps(tmp_path / "ckpt") == [10, 20]
+
+
+@pytest.mark.parametrize("interval", [timedelta(0), timedelta(microseconds=1)])
+def test_train_time_interval_saves(tmp_path: Path, interval: timedelta) -> None:
+    runs = {}
+    for name, model in {"manual": TwoNets(), "automatic": AutoNet()}.items():
+        checkpoint = ModelCheckpoint(dirpath=str(tmp_path / name), train_time_interval=interval, save_top_k=-1)
+        _fit(tmp_path, model, checkpoint)
+        runs[name] = checkpoint_steps(tmp_path / name)
+    assert runs["manual"] == runs["automatic"]
+    if interval or not LIGHTNING_TREATS_ZERO_INTERVAL_AS_UNSET:
+        assert runs["manual"] == list(range(1, 21))
+
+
+def test_no_pre_optimization_warning(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=2, save_top_k=-1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, TwoNets(), checkpoint)
+    assert not [w for w in caught if "pre-optimization" in str(w.message)]
+    assert checkpoint_steps(tmp_path / "ckpt") == list(range(2, 21, 2))
+
+
+class KeepsPreStepCopies(TwoNets):
+    """Has the ``layer`` and ``saved_models`` attributes that Lightning 2.6's manual branch swaps in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = self.generator
+        self.saved_models: dict[int, dict[str, torch.Tensor]] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.saved_models[batch_idx] = {k: v.detach().clone() for k, v in self.layer.state_dict().items()}
+        return super().training_step(batch, batch_idx)
+
+
+def test_checkpoint_holds_live_weights(tmp_path: Path) -> None:
+    model = KeepsPreStepCopies()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1)
+    _fit(tmp_path, model, checkpoint)
+    saved = torch.load(tmp_path / "ckpt" / "epoch=1-step=20.ckpt", weights_only=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved["state_dict"][key], value), key
+    # the optimizer state beside them is the live one too
+    assert saved["optimizer_states"][0]["state"] == model.trainer.optimizers[0].state_dict()["state"]
+
+
+def test_save_last_and_top_k_on_monitor(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val_loss", save_top_k=2, save_last=True)
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True, max_epochs=3, limit_val_batches=1)
+    fit.fit(TwoNets(), loader(), loader(2))
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt")) == sorted(
+        ["last.ckpt", *(Path(p).name for p in checkpoint.best_k_models)]
+    )
+    assert len(checkpoint.best_k_models) == 2
+    assert set(checkpoint_steps(tmp_path / "ckpt")) <= {10, 20, 30}
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 30
+
+
+def test_checkpoint_carries_per_optimizer_counters(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=7, save_top_k=-1)
+    _fit(tmp_path, TwoNets(generator_every=5), checkpoint)
+    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=7.ckpt", weights_only=False)
+    assert saved["global_step"] == 7
+    assert saved["manualopt"]["optimizer_names"] == ["generator", "discriminator"]
+    assert saved["manualopt"]["optimizer_updates"] == {"generator": 2, "discriminator": 7}
+
+
+class Recorder(TwoNets):
+    def __init__(self, generator_every: int = 5) -> None:
+        super().__init__(generator_every=generator_every)
+        self.updates_seen: list[dict[str, int]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.updates_seen.append(dict(self.optimizer_updates))
+        return super().training_step(batch, batch_idx)
+
+
+def _resume(tmp_path: Path, model: Any, ckpt: str, every: dict[str, int], **kwargs: Any) -> Any:
+    """Train one epoch with checkpoints, then resume a fresh ``model`` from ``ckpt`` for a second epoch."""
+    directory = tmp_path / type(model).__name__
+    first = type(model)()
+    _fit(directory, first, ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs), max_epochs=1)
+    fit = trainer(directory, max_epochs=2, enable_checkpointing=True,
+                  callbacks=[ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs)])
+    path = ckpt if ckpt == "last" else directory / "ckpt" / ckpt
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        fit.fit(model, loader(), ckpt_path=path)
+    return fit
+
+
+@pytest.mark.parametrize(
+    ("every", "ckpt", "extra"),
+    [
+        ({"every_n_epochs": 1}, "epoch=0-step=10.ckpt", {}),
+        ({"every_n_train_steps": 7}, "epoch=0-step=7.ckpt", {}),
+        ({"every_n_train_steps": 5}, "last", {"save_last": True}),
+    ],
+    ids=["end-of-epoch", "mid-epoch", "last"],
+)
+def test_resume_continues_counting(tmp_path: Path, every: dict[str, int], ckpt: str, extra: dict[str, Any]) -> None:
+    automatic = AutoNet()
+    automatic_fit = _resume(tmp_path, automatic, ckpt, every, **extra)
+    model = Recorder()
+    fit = _resume(tmp_path, model, ckpt, every, **extra)
+    # The resumed run sees the same global steps as automatic optimization resuming the same checkpoint (releases
+    # before 2.5 replay one batch after a checkpoint written at the end of an epoch's last batch: both do it).
+    assert model.global_steps_seen == automatic.global_steps_seen
+    assert fit.global_step == automatic_fit.global_step
+    resumed_at = model.global_steps_seen[0]
+    assert resumed_at == (7 if ckpt.startswith("epoch=0-step=7") else 10)
+    # Per-optimizer counters continue from the checkpoint: the generator stepped on batches 0 and 5 before it.
+    assert model.updates_seen[0] == {"generator": 2, "discriminator": resumed_at}
+    assert model.optimizer_updates["discriminator"] == fit.global_step
+    assert model.global_steps_seen == list(range(resumed_at, fit.global_step))
+
+
+def test_resume_with_other_optimizer_names_is_refused(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1)
+    _fit(tmp_path, TwoNets(), checkpoint, max_epochs=1)
+    model = TwoNets(named=False)
+    fit = trainer(tmp_path, max_epochs=2)
+    with pytest.raises(OptimizerConfigurationError, match=r"\['generator', 'discriminator'\].*optimizer_0"):
+        fit.fit(model, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=10.ckpt")
+    assert model.training_step_calls == 0
+
+
+def test_load_from_checkpoint_keeps_weights(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1)
+    model = TwoNets()
+    _fit(tmp_path, model, checkpoint, max_epochs=1)
+    loaded = TwoNets.load_from_checkpoint(tmp_path / "ckpt" / "epoch=0-step=10.ckpt")
+    assert isinstance(loaded.generator, nn.Linear)
+    assert torch.equal(loaded.generator.weight, model.generator.weight)

@@ -1,0 +1,187 @@
+"""trainer.global_step counts training steps; per-optimizer counters count updates; step-based built-ins follow."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TwoNets, checkpoint_steps, loader, trainer
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+STYLES = ["named", "indexed", "plain", "raw"]
+
+
+class StockTwoNets(LightningModule):
+    """The same two-optimizer model on stock Lightning: the behaviour manualopt fixes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Linear(4, 1)
+        self.discriminator = nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for opt, net in zip(self.optimizers(), (self.generator, self.discriminator)):
+            opt.zero_grad()
+            self.manual_backward(nn.functional.mse_loss(net(x), y))
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        return [torch.optim.SGD(self.generator.parameters(), lr=0.01),
+                torch.optim.SGD(self.discriminator.parameters(), lr=0.01)]
+
+
+def test_stock_lightning_counts_each_optimizer_step(tmp_path: Path) -> None:
+    # The problem this package exists for, reproduced on the installed release: 20 batches, global_step 40.
+    fit = trainer(tmp_path)
+    fit.fit(StockTwoNets(), loader())
+    assert fit.global_step == 40
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_global_step_counts_training_steps(tmp_path: Path, style: str) -> None:
+    model = TwoNets(style)
+    fit = trainer(tmp_path)
+    fit.fit(model, loader())
+    assert fit.global_step == 20
+    assert model.training_step_calls == 20
+    assert dict(model.optimizer_updates) == {"generator": 20, "discriminator": 20}
+    # Inside training_step, global_step is the number of training steps completed before this one.
+    assert model.global_steps_seen == list(range(20))
+
+
+def test_unnamed_optimizers_get_index_names(tmp_path: Path) -> None:
+    model = TwoNets("named", named=False)
+    trainer(tmp_path).fit(model, loader())
+    assert model.optimizer_names == ("optimizer_0", "optimizer_1")
+    assert dict(model.optimizer_updates) == {"optimizer_0": 20, "optimizer_1": 20}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_n_train_steps_counts_training_steps(tmp_path: Path, style: str) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4, save_top_k=-1)
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True)
+    fit.fit(TwoNets(style), loader())
+    assert checkpoint_steps(tmp_path / "ckpt") == [4, 8, 12, 16, 20]
+
+
+@pytest.mark.parametrize("style", ["named", "plain"])
+def test_max_steps_counts_training_steps(tmp_path: Path, style: str) -> None:
+    model = TwoNets(style)
+    fit = trainer(tmp_path, max_epochs=-1, max_steps=7)
+    fit.fit(model, loader())
+    assert model.training_step_calls == 7
+    assert fit.global_step == 7
+    assert dict(model.optimizer_updates) == {"generator": 7, "discriminator": 7}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_generator_every_fifth_batch(tmp_path: Path, style: str) -> None:
+    model = TwoNets(style, generator_every=5)
+    fit = trainer(tmp_path)
+    fit.fit(model, loader())
+    assert fit.global_step == 20  # one training step per batch, however many optimizers stepped in it
+    assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}
+
+
+class SkipsOddBatches(TwoNets):
+    """Steps both optimizers on even batches only; logs only when it stepped."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.training_step_calls += 1
+        self.global_steps_seen.append(self.trainer.global_step)
+        if batch_idx % 2:
+            return None
+        g_loss, d_loss = self.losses(batch)
+        self.manual_step("discriminator", d_loss)
+        self.manual_step("generator", g_loss)
+        self.log("d_loss", d_loss)
+        return None
+
+
+def test_batches_without_a_step_do_not_count(tmp_path: Path) -> None:
+    model = SkipsOddBatches()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=2, save_top_k=-1)
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True, max_epochs=-1, max_steps=8)
+    fit.fit(model, loader())
+    assert fit.global_step == 8
+    assert model.training_step_calls == 15  # steps on batches 0, 2, ..., 8 of epoch 0, then 0, 2, 4 of epoch 1
+    assert checkpoint_steps(tmp_path / "ckpt") == [2, 4, 6, 8]
+
+
+def _csv_rows(fit: Any) -> list[dict[str, str]]:
+    with open(Path(fit.logger.log_dir) / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_logger_step_axis_is_global_step(tmp_path: Path) -> None:
+    model = SkipsOddBatches()
+    fit = trainer(tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    fit.fit(model, loader())
+    assert fit.global_step == 10
+    rows = [row for row in _csv_rows(fit) if row["d_loss"]]
+    # A metric logged in the training step that made global step k is written at step k - 1, as in automatic
+    # optimization: ten steps, ten rows, steps 0..9 (stock Lightning writes them at 0, 2, 4, ..., 18).
+    assert [int(row["step"]) for row in rows] == list(range(10))
+
+
+def test_log_every_n_steps_follows_training_steps(tmp_path: Path) -> None:
+    model = SkipsOddBatches()
+    fit = trainer(tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=2)
+    fit.fit(model, loader())
+    steps = [int(row["step"]) for row in _csv_rows(fit) if row["d_loss"]]
+    assert steps == [1, 3, 5, 7, 9]
+
+
+class WithSchedulers(TwoNets):
+    def configure_optimizers(self) -> Any:
+        opt_g = torch.optim.SGD(self.generator.parameters(), lr=0.1)
+        opt_d = torch.optim.SGD(self.discriminator.parameters(), lr=0.2)
+        return {
+            "generator": {"optimizer": opt_g, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt_g, 1)},
+            "discriminator": {"optimizer": opt_d, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt_d, 1)},
+        }
+
+
+def test_learning_rate_monitor_logs_per_training_step(tmp_path: Path) -> None:
+    monitor = LearningRateMonitor(logging_interval="step")
+    fit = trainer(tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=1, callbacks=[monitor])
+    fit.fit(WithSchedulers(), loader())
+    rows = [row for row in _csv_rows(fit) if any(key.startswith("lr-") and value for key, value in row.items())]
+    assert [int(row["step"]) for row in rows] == list(range(20))
+    lr_keys = {key for row in rows for key, value in row.items() if key.startswith("lr-") and value}
+    assert len(lr_keys) == 2  # one series per optimizer
+
+
+def test_val_check_interval_counts_batches(tmp_path: Path) -> None:
+    class CountsValidation(TwoNets):
+        validations = 0
+
+        def on_validation_epoch_start(self) -> None:
+            self.validations += 1
+
+    model = CountsValidation()
+    fit = trainer(tmp_path, val_check_interval=5, limit_val_batches=1)
+    fit.fit(model, loader(), loader(2))
+    assert model.validations == 4
+    assert fit.global_step == 20
+
+
+def test_early_stopping_stops_on_schedule(tmp_path: Path) -> None:
+    class ConstantValidation(TwoNets):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", torch.tensor(1.0))
+
+    model = ConstantValidation()
+    stopper = EarlyStopping(monitor="val_loss", patience=1, mode="min")
+    fit = trainer(tmp_path, max_epochs=10, callbacks=[stopper], limit_val_batches=1)
+    fit.fit(model, loader(), loader(2))
+    assert fit.current_epoch == 2  # no improvement after epoch 0: epochs 1 and 2 run, then stop
+    assert fit.global_step == 20
