@@ -31,7 +31,7 @@ _FORMAT = 1
 def lightning_optimizers(module: pl.LightningModule) -> list[LightningOptimizer]:
     """``module.optimizers()`` as a list, whatever their number."""
     optimizers = module.optimizers()
-    return list(optimizers) if isinstance(optimizers, list) else [optimizers]  # type: ignore[list-item]
+    return list(optimizers) if isinstance(optimizers, list) else [optimizers]
 
 
 class ManualOptimizationCallback(Callback):
@@ -132,7 +132,7 @@ def _undo_route(callback: ModelCheckpoint) -> Any:
 def guard_lightning_optimizers(module: pl.LightningModule, trainer: pl.Trainer) -> None:
     """Make every ``LightningOptimizer.step`` of the module check the rule before anything runs."""
     state = state_of(module)
-    for name, optimizer in zip(state.names, lightning_optimizers(module)):
+    for name, optimizer in zip(state.names, lightning_optimizers(module), strict=True):
         _lightning.wrap_lightning_optimizer_step(optimizer, trainer, _step_check(module, name))
 
 

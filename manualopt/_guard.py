@@ -35,7 +35,8 @@ def where(module: pl.LightningModule) -> str:
     if trainer is None or trainer.state.status != TrainerStatus.RUNNING:
         return _OUTSIDE_FIT
     hook = current_hook_name(module)
-    during = "" if trainer.state.fn == TrainerFn.FITTING else f" during `Trainer.{trainer.state.fn.value}`"
+    stage = trainer.state.fn
+    during = "" if stage is None or stage == TrainerFn.FITTING else f" during `Trainer.{stage.value}`"
     if hook is None:
         return f"in no Lightning hook{during}"
     frame = sys._getframe(1)

@@ -7,8 +7,8 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from manualopt._guard import check_inside_training_step, refuse
 from manualopt._state import state_of
@@ -145,7 +145,7 @@ def attach_optimizers(module: pl.LightningModule, optimizers: list[Optimizer]) -
     state.updates = dict.fromkeys(names, 0)
 
     reference = weakref.ref(module)
-    for name, optimizer in zip(names, optimizers):
+    for name, optimizer in zip(names, optimizers, strict=True):
         for target in [optimizer, *_inner_optimizers(optimizer)]:
             state.handles.append(target.register_step_pre_hook(_make_pre_hook(reference, name)))
             state.handles.append(target.register_step_post_hook(_make_post_hook(reference, name)))

@@ -54,7 +54,13 @@ def state_of(module: pl.LightningModule) -> ModuleState:
     state = attributes.get(_ATTRIBUTE)
     if state is None:
         state = attributes[_ATTRIBUTE] = ModuleState()
-    return state  # type: ignore[no-any-return]
+    return state
+
+
+def trainer_callbacks(trainer: pl.Trainer) -> list[Callback]:
+    """The trainer's callback list (an attribute Lightning sets at run time, so untyped there)."""
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return callbacks
 
 
 def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:

@@ -18,7 +18,7 @@ from manualopt._callback import ManualOptimizationCallback, guard_lightning_opti
 from manualopt._guard import check_inside_training_step
 from manualopt._lightning import current_hook_name, set_global_step
 from manualopt._optimizers import normalize_optimizer_config, refuse_steps
-from manualopt._state import attached_trainer, state_of
+from manualopt._state import attached_trainer, state_of, trainer_callbacks
 from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
 
 __all__ = ["ManualOptimizationModule", "OptimizerKey", "StepResult"]
@@ -131,7 +131,7 @@ class ManualOptimizationModule(LightningModule):
 
     def named_optimizers(self) -> Mapping[str, LightningOptimizer]:
         """The optimizers of the running fit by name, as the ``LightningOptimizer`` objects of ``self.optimizers()``."""
-        return MappingProxyType(dict(zip(state_of(self).names, lightning_optimizers(self))))
+        return MappingProxyType(dict(zip(state_of(self).names, lightning_optimizers(self), strict=True)))
 
     def _resolve(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
         state = state_of(self)
@@ -257,10 +257,10 @@ def _wrap_configure_optimizers(function: _F) -> _F:
         state.configured_names = names
         trainer = attached_trainer(self)
         callback = state.callback
-        if trainer is not None and callback is not None and callback in trainer.callbacks:
+        if trainer is not None and callback is not None and callback in trainer_callbacks(trainer):
             # Run manualopt's hooks first, so its step guards are in place before any other callback's hooks.
-            trainer.callbacks.remove(callback)
-            trainer.callbacks.insert(0, callback)
+            trainer_callbacks(trainer).remove(callback)
+            trainer_callbacks(trainer).insert(0, callback)
         return config
 
     setattr(configure_optimizers, _WRAPPED, True)
@@ -271,14 +271,12 @@ def _wrap_configure_callbacks(function: _F) -> _F:
     @functools.wraps(function)
     def configure_callbacks(self: ManualOptimizationModule) -> Sequence[Callback] | Callback:
         result = function(self)
-        callbacks: list[Callback] = (
-            [] if not result else [result] if isinstance(result, Callback) else list(result)
-        )
+        callbacks: list[Callback] = [] if not result else [result] if isinstance(result, Callback) else list(result)
         state = state_of(self)
         if state.callback is None:
             state.callback = ManualOptimizationCallback(self)
         trainer = attached_trainer(self)
-        if trainer is None or state.callback not in trainer.callbacks:
+        if trainer is None or state.callback not in trainer_callbacks(trainer):
             callbacks.append(state.callback)
         return callbacks
 

@@ -112,9 +112,18 @@ def _resume(tmp_path: Path, model: Any, ckpt: str, every: dict[str, int], **kwar
     """Train one epoch with checkpoints, then resume a fresh ``model`` from ``ckpt`` for a second epoch."""
     directory = tmp_path / type(model).__name__
     first = type(model)()
-    _fit(directory, first, ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs), max_epochs=1)
-    fit = trainer(directory, max_epochs=2, enable_checkpointing=True,
-                  callbacks=[ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs)])
+    _fit(
+        directory,
+        first,
+        ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs),
+        max_epochs=1,
+    )
+    fit = trainer(
+        directory,
+        max_epochs=2,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=str(directory / "ckpt"), save_top_k=-1, **every, **kwargs)],
+    )
     path = ckpt if ckpt == "last" else directory / "ckpt" / ckpt
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")

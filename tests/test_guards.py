@@ -181,7 +181,7 @@ def test_evaluation_stages_refuse(tmp_path: Path, stage: str) -> None:
 def test_outside_fit_refuses_before_and_after(tmp_path: Path) -> None:
     model = Misuser()
     loss = model.generator(torch.ones(1, 4)).sum()
-    with pytest.raises(StepOutsideTrainingStepError, match="outside a running `Trainer.fit`"):
+    with pytest.raises(StepOutsideTrainingStepError, match=r"outside a running `Trainer\.fit`"):
         model.manual_step("generator", loss)
     with pytest.raises(StepOutsideTrainingStepError, match="`manual_backward` was called outside a running"):
         model.manual_backward(loss)
@@ -189,7 +189,7 @@ def test_outside_fit_refuses_before_and_after(tmp_path: Path) -> None:
     fit.fit(model, loader())
     for action in ["manual_step", "lightning_optimizer_step", "torch_optimizer_step", "manual_backward"]:
         model.action = action
-        with pytest.raises(StepOutsideTrainingStepError, match="outside a running `Trainer.fit`"):
+        with pytest.raises(StepOutsideTrainingStepError, match=r"outside a running `Trainer\.fit`"):
             model.misuse()
         _assert_nothing_changed(model)
 
@@ -330,5 +330,5 @@ class CallsTrainingStepFromAHook(TwoNets):
 
 
 def test_training_step_called_from_a_hook_is_not_a_training_step(tmp_path: Path) -> None:
-    with pytest.raises(StepOutsideTrainingStepError, match="`CallsTrainingStepFromAHook.on_train_batch_end`"):
+    with pytest.raises(StepOutsideTrainingStepError, match=r"`CallsTrainingStepFromAHook\.on_train_batch_end`"):
         trainer(tmp_path).fit(CallsTrainingStepFromAHook(), loader())

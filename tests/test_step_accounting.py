@@ -28,14 +28,16 @@ class StockTwoNets(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        for opt, net in zip(self.optimizers(), (self.generator, self.discriminator)):
+        for opt, net in zip(self.optimizers(), (self.generator, self.discriminator), strict=True):
             opt.zero_grad()
             self.manual_backward(nn.functional.mse_loss(net(x), y))
             opt.step()
 
     def configure_optimizers(self) -> Any:
-        return [torch.optim.SGD(self.generator.parameters(), lr=0.01),
-                torch.optim.SGD(self.discriminator.parameters(), lr=0.01)]
+        return [
+            torch.optim.SGD(self.generator.parameters(), lr=0.01),
+            torch.optim.SGD(self.discriminator.parameters(), lr=0.01),
+        ]
 
 
 def test_stock_lightning_counts_each_optimizer_step(tmp_path: Path) -> None:

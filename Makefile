@@ -1,0 +1,48 @@
+# manualopt: `make demo` trains the demo on CPU, `make test` runs the checks. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+OLDEST_VENV ?= .venv-oldest
+# torch first, pinned: a looser requirement asked for first could pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+# The newest and the oldest Lightning releases manualopt supports (pyproject.toml: lightning>=2.1,<2.7).
+LIGHTNING_NEWEST ?= 2.6.6
+LIGHTNING_OLDEST ?= 2.1.0
+PIP_QUIET ?= -q
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint test-oldest clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+demo: $(VENV)/.installed ## Train a two-optimizer GAN on CPU; print global_step, per-optimizer updates, checkpoints
+	$(VENV)/bin/python examples/quickstart_gan.py
+
+test: lint $(VENV)/.installed ## Run ruff, mypy and the test suite (newest supported Lightning)
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed ## ruff (lint and format check) and mypy --strict
+	$(VENV)/bin/ruff check manualopt tests examples
+	$(VENV)/bin/ruff format --check manualopt tests examples
+	$(VENV)/bin/mypy
+
+test-oldest: $(OLDEST_VENV)/.installed ## Run the test suite on the oldest supported Lightning
+	$(OLDEST_VENV)/bin/python -m pytest
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
+	$(VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_NEWEST)" -e ".[dev]"
+	touch $@
+
+# Lightning 2.1 imports pkg_resources, which setuptools dropped in 70; torch's newer setuptools pin does not matter
+# at run time, so pip's resolver note about it is expected.
+$(OLDEST_VENV)/.installed: pyproject.toml Makefile
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
+	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_OLDEST)" -e ".[dev]"
+	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) "setuptools<70"
+	touch $@
+
+clean: ## Remove the virtual environments and caches
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache

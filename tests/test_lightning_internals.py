@@ -1,0 +1,139 @@
+"""Pins every contact with Lightning internals (manualopt/_lightning.py) on the installed release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TwoNets, loader, trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_step_accounting import SkipsOddBatches, StockTwoNets
+
+from manualopt import StepOutsideTrainingStepError, _lightning
+
+
+class HookNames(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen_in_training_step = _lightning.current_hook_name(self)
+        return super().training_step(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seen_in_batch_end = _lightning.current_hook_name(self)
+
+
+class RecordsHookName(Callback):
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seen = _lightning.current_hook_name(pl_module)
+
+
+def test_current_hook_name(tmp_path: Path) -> None:
+    model, callback = HookNames(), RecordsHookName()
+    trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, loader())
+    assert model.seen_in_training_step == "training_step"
+    assert model.seen_in_batch_end == "on_train_batch_end"
+    assert callback.seen == "on_train_epoch_end"
+    assert _lightning.current_hook_name(model) is None
+
+
+def test_global_step_tracker(tmp_path: Path) -> None:
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(TwoNets(), loader())
+    snapshot = _lightning.global_step_snapshot(fit)
+    _lightning.set_global_step(fit, 42)
+    assert fit.global_step == 42
+    _lightning.restore_global_step(fit, snapshot)
+    assert fit.global_step == 10
+
+
+class GateProbe(Callback):
+    def __init__(self) -> None:
+        self.accumulating: list[bool] = []
+        self.patched_during_fit = False
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.accumulating.append(trainer.fit_loop._should_accumulate())
+        self.patched_during_fit = "_should_accumulate" in vars(trainer.fit_loop.epoch_loop) and (
+            "update_train_step_metrics" in vars(trainer._logger_connector)
+        )
+
+
+def test_step_gate_is_per_batch_and_removed_after_fit(tmp_path: Path) -> None:
+    probe = GateProbe()
+    fit = trainer(tmp_path, max_epochs=1, callbacks=[probe])
+    fit.fit(SkipsOddBatches(), loader())
+    assert probe.patched_during_fit
+    assert probe.accumulating == [False, True] * 5  # odd batches make no step
+    assert "_should_accumulate" not in vars(fit.fit_loop.epoch_loop)
+    assert "update_train_step_metrics" not in vars(fit._logger_connector)
+
+
+def test_checkpoint_routing_is_removed_after_fit_and_ignores_other_modules(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1)
+
+    class Probe(Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.routed = "on_train_batch_end" in vars(checkpoint)
+
+    probe = Probe()
+    fit = trainer(tmp_path, max_epochs=1, callbacks=[checkpoint, probe], enable_checkpointing=True)
+    fit.fit(TwoNets(), loader())
+    assert probe.routed
+    assert "on_train_batch_end" not in vars(checkpoint)
+
+
+class SeesModule(ModelCheckpoint):
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.seen = pl_module
+
+
+def test_automatic_view() -> None:
+    model, other = TwoNets(), TwoNets()
+    callback = SeesModule()
+    _lightning.route_checkpoint_through_automatic_path(callback, lambda module: module is model)
+    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
+    assert callback.seen is not model
+    assert callback.seen.automatic_optimization is True
+    assert callback.seen.generator is model.generator  # everything else is the module's
+    callback.on_train_batch_end(None, other, None, None, 0)  # type: ignore[arg-type]
+    assert callback.seen is other
+    _lightning.unroute_checkpoint(callback)
+    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
+    assert callback.seen is model
+
+
+def test_stock_module_is_untouched_by_routing(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1)
+    fit = trainer(tmp_path, max_epochs=1, callbacks=[checkpoint], enable_checkpointing=True)
+    fit.fit(StockTwoNets(), loader())
+    assert fit.global_step == 20  # stock accounting, as Lightning does it
+    assert "on_train_batch_end" not in vars(checkpoint)
+
+
+class StepsInHookWithClosure(TwoNets):
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.closure_ran = False
+
+        def closure() -> None:
+            self.closure_ran = True
+
+        self.optimizers()[0].step(closure)
+
+
+def test_lightning_optimizer_refuses_before_the_precision_plugin_runs(tmp_path: Path) -> None:
+    model = StepsInHookWithClosure()
+    with pytest.raises(StepOutsideTrainingStepError):
+        trainer(tmp_path).fit(model, loader())
+    assert model.closure_ran is False
+
+
+def test_lightning_optimizer_wrapper_is_idempotent(tmp_path: Path) -> None:
+    model = TwoNets()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    optimizer = model.optimizers()[0]
+    wrapped = vars(optimizer)["step"]
+    _lightning.wrap_lightning_optimizer_step(optimizer, fit, lambda: None)
+    assert vars(optimizer)["step"] is wrapped
