@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def files(folder: Path) -> str:
         names = sorted((p.name for p in folder.glob("*.ckpt")), key=lambda name: int(name.split("step=")[1][:-5]))
-        return ", ".join(names) or "(none)"
+        shown = names if len(names) <= 4 else [*names[:3], "...", names[-1]]
+        return ", ".join(shown) or "(none)"
 
     print()
     print(f"{'':22}{'stock Lightning':>18}{'manualopt':>14}")
