@@ -60,6 +60,7 @@ class TwoNets(ManualOptimizationModule):
         self.discriminator = nn.Linear(4, 1)
         self.training_step_calls = 0
         self.global_steps_seen: list[int] = []
+        self.global_steps_after_stepping: list[int] = []
 
     def losses(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -101,6 +102,7 @@ class TwoNets(ManualOptimizationModule):
                 raw_g.step()
         else:  # pragma: no cover - a typo in a test
             raise ValueError(self.style)
+        self.global_steps_after_stepping.append(self.trainer.global_step)
         return d_loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

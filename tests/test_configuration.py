@@ -191,6 +191,32 @@ def test_skipped_fp16_steps_are_not_updates(tmp_path: Path) -> None:
     assert fit.global_step < 10  # the scaler skipped at least one whole batch (its first scale is too large)
 
 
+class ContaminatedGradients(TwoNets):
+    """Back-propagates a loss through the discriminator first, as a GAN's generator loss does."""
+
+    def configure_optimizers(self) -> Any:
+        return {"discriminator": torch.optim.SGD(self.discriminator.parameters(), lr=0.5)}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, _ = batch
+        self.manual_backward(self.discriminator(x).sum() * 100)  # gradients that are not the discriminator's loss
+        d_loss = self.losses(batch)[1]
+        params = list(self.discriminator.parameters())
+        grads = torch.autograd.grad(d_loss, params, retain_graph=True)
+        self.expected = [p.detach() - 0.5 * g for p, g in zip(params, grads, strict=True)]
+        self.manual_step("discriminator", d_loss)
+        self.after = [p.detach().clone() for p in params]
+        self.grads_after = [p.grad for p in params]
+
+
+def test_manual_step_uses_exactly_this_loss(tmp_path: Path) -> None:
+    model = ContaminatedGradients()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
+    for after, expected in zip(model.after, model.expected, strict=True):
+        assert torch.equal(after, expected)
+    assert model.grads_after == [None, None]  # gradients are released after the step
+
+
 def test_automatic_optimization_is_always_false() -> None:
     model = TwoNets()
     assert model.automatic_optimization is False

@@ -55,8 +55,10 @@ def test_global_step_counts_training_steps(tmp_path: Path, style: str) -> None:
     assert fit.global_step == 20
     assert model.training_step_calls == 20
     assert dict(model.optimizer_updates) == {"generator": 20, "discriminator": 20}
-    # Inside training_step, global_step is the number of training steps completed before this one.
+    # Inside training_step, global_step is the number of training steps completed before this one, and stepping the
+    # optimizers does not move it until training_step returns.
     assert model.global_steps_seen == list(range(20))
+    assert model.global_steps_after_stepping == list(range(20))
 
 
 def test_unnamed_optimizers_get_index_names(tmp_path: Path) -> None:
@@ -77,7 +79,7 @@ def test_every_n_train_steps_counts_training_steps(tmp_path: Path, style: str) -
 @pytest.mark.parametrize("style", ["named", "plain"])
 def test_max_steps_counts_training_steps(tmp_path: Path, style: str) -> None:
     model = TwoNets(style)
-    fit = trainer(tmp_path, max_epochs=-1, max_steps=7)
+    fit = trainer(tmp_path, max_epochs=5, max_steps=7)
     fit.fit(model, loader())
     assert model.training_step_calls == 7
     assert fit.global_step == 7
@@ -111,7 +113,7 @@ class SkipsOddBatches(TwoNets):
 def test_batches_without_a_step_do_not_count(tmp_path: Path) -> None:
     model = SkipsOddBatches()
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=2, save_top_k=-1)
-    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True, max_epochs=-1, max_steps=8)
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True, max_epochs=5, max_steps=8)
     fit.fit(model, loader())
     assert fit.global_step == 8
     assert model.training_step_calls == 15  # steps on batches 0, 2, ..., 8 of epoch 0, then 0, 2, 4 of epoch 1
