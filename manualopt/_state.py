@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.utils.hooks import RemovableHandle
 
-_ATTRIBUTE = "_manualopt_state"
+STATE_ATTRIBUTE = "_manualopt_state"
 
 
 @dataclass
@@ -51,9 +51,9 @@ class ModuleState:
 def state_of(module: pl.LightningModule) -> ModuleState:
     """The module's state, created on first use (so it does not depend on ``__init__`` order)."""
     attributes = vars(module)
-    state = attributes.get(_ATTRIBUTE)
+    state = attributes.get(STATE_ATTRIBUTE)
     if state is None:
-        state = attributes[_ATTRIBUTE] = ModuleState()
+        state = attributes[STATE_ATTRIBUTE] = ModuleState()
     return state
 
 

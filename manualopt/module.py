@@ -18,7 +18,7 @@ from manualopt._callback import ManualOptimizationCallback, guard_lightning_opti
 from manualopt._guard import check_inside_training_step
 from manualopt._lightning import current_hook_name, set_global_step
 from manualopt._optimizers import normalize_optimizer_config, refuse_steps
-from manualopt._state import attached_trainer, state_of, trainer_callbacks
+from manualopt._state import STATE_ATTRIBUTE, attached_trainer, state_of, trainer_callbacks
 from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
 
 __all__ = ["ManualOptimizationModule", "OptimizerKey", "StepResult"]
@@ -97,6 +97,12 @@ class ManualOptimizationModule(LightningModule):
             if function is None or getattr(function, _WRAPPED, False) or function is getattr(LightningModule, name):
                 continue
             setattr(cls, name, wrap(function))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deep-copy without manualopt's per-fit state (hooks, callback): a copy starts fresh."""
+        state = super().__getstate__()
+        state.pop(STATE_ATTRIBUTE, None)
+        return state
 
     # ------------------------------------------------------------------ automatic_optimization
 

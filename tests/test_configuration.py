@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +226,17 @@ def test_automatic_optimization_is_always_false() -> None:
     with pytest.raises(OptimizerConfigurationError, match=r"always manually optimized.*LightningModule"):
         model.automatic_optimization = True
     assert model.automatic_optimization is False
+
+
+def test_a_fitted_module_pickles_and_copies_fresh(tmp_path: Path) -> None:
+    model = TwoNets()
+    trainer(tmp_path, max_epochs=1).fit(model, loader())
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 10}
+    for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert torch.equal(copied.generator.weight, model.generator.weight)
+        assert dict(copied.optimizer_updates) == {}
+        trainer(tmp_path, max_epochs=1).fit(copied, loader())
+        assert dict(copied.optimizer_updates) == {"generator": 10, "discriminator": 10}
 
 
 def test_exceptions_are_runtime_errors() -> None:
