@@ -5,6 +5,7 @@ with :meth:`ManualOptimizationModule.manual_step`.
 """
 
 from manualopt.errors import (
+    InvalidStepArgumentError,
     ManualOptimizationError,
     OptimizerConfigurationError,
     StepOutsideTrainingStepError,
@@ -15,6 +16,7 @@ from manualopt.module import ManualOptimizationModule, OptimizerKey, StepResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "InvalidStepArgumentError",
     "ManualOptimizationError",
     "ManualOptimizationModule",
     "OptimizerConfigurationError",

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from manualopt import _lightning
 from manualopt._guard import check_inside_training_step
 from manualopt._optimizers import attach_optimizers
+from manualopt._schedulers import apply_scheduler_settings, update_schedulers
 from manualopt._state import state_of
 from manualopt.errors import OptimizerConfigurationError
 
@@ -50,11 +51,24 @@ class ManualOptimizationCallback(Callback):
         state = state_of(pl_module)
         attach_optimizers(pl_module, list(trainer.optimizers))
         state.batch_stepped = True
+        state.windows.clear()
+        state.updated_in_batch.clear()
+        state.updated_in_epoch.clear()
         guard_lightning_optimizers(pl_module, trainer)
+        apply_scheduler_settings(trainer, state.scheduler_settings)
         for undo in state.undo:
             undo()
         state.undo.clear()
         state.undo.append(_lightning.install_step_gate(trainer, lambda: self._batch_made_no_step(trainer)))
+        state.undo.append(
+            _lightning.install_scheduler_driver(
+                trainer,
+                lambda: trainer.lightning_module is self._module(),
+                lambda interval, plateau, batch_idx: update_schedulers(
+                    trainer, pl_module, interval, plateau, batch_idx
+                ),
+            )
+        )
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 _lightning.route_checkpoint_through_automatic_path(callback, self._owns)
@@ -70,12 +84,19 @@ class ManualOptimizationCallback(Callback):
         if self._owns(pl_module):
             self._apply_loaded(pl_module)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A new epoch has updated no optimizer yet."""
+        if self._owns(pl_module):
+            state_of(pl_module).updated_in_epoch.clear()
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """A new batch has made no training step yet."""
         if self._owns(pl_module):
-            state_of(pl_module).batch_stepped = False
+            state = state_of(pl_module)
+            state.batch_stepped = False
+            state.updated_in_batch.clear()
             guard_lightning_optimizers(pl_module, trainer)
 
     def on_save_checkpoint(

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 __all__ = [
     "current_hook_name",
     "global_step_snapshot",
+    "install_scheduler_driver",
     "install_step_gate",
+    "is_last_batch",
     "restore_global_step",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
@@ -197,3 +199,46 @@ def unroute_checkpoint(callback: ModelCheckpoint) -> None:
     """Remove what :func:`route_checkpoint_through_automatic_path` set on ``callback``."""
     if getattr(callback.__dict__.get("on_train_batch_end"), _MARK, False):
         del callback.on_train_batch_end
+
+
+def is_last_batch(trainer: pl.Trainer) -> bool:
+    """Whether the running batch is the last of the epoch, exactly as automatic optimization decides it.
+
+    Why: automatic optimization closes an accumulation window on the epoch's last batch, which
+    ``_TrainingEpochLoop._num_ready_batches_reached`` decides (it also covers iterable datasets of unknown length,
+    through the data fetcher's look-ahead). ``manual_step`` closes its windows at the same batch.
+    """
+    return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
+
+
+def install_scheduler_driver(
+    trainer: pl.Trainer, applies: Callable[[], bool], update: Callable[[str, bool, int], None]
+) -> Callable[[], None]:
+    """Run ``update(interval, plateau, batch_idx)`` wherever automatic optimization updates learning rates.
+
+    Why: Lightning calls ``_TrainingEpochLoop._update_learning_rates`` at the exact points where automatic
+    optimization steps schedulers (after a stepping batch, after validation, after the epoch's last batch and after
+    ``on_train_epoch_end``), and the method returns at once in manual optimization. Replacing it on this loop
+    instance, while ``applies()``, steps the schedulers of ``manual_step`` optimizers at those same points. The
+    returned function removes the replacement.
+
+    Returns:
+        A function that removes the driver.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    original = type(epoch_loop)._update_learning_rates.__get__(epoch_loop)
+
+    def _update_learning_rates(interval: str, update_plateau_schedulers: bool) -> None:
+        if applies():
+            update(interval, update_plateau_schedulers, epoch_loop.batch_idx)
+        else:
+            original(interval, update_plateau_schedulers)
+
+    setattr(_update_learning_rates, _MARK, True)
+    epoch_loop._update_learning_rates = _update_learning_rates  # type: ignore[method-assign]
+
+    def remove() -> None:
+        if getattr(vars(epoch_loop).get("_update_learning_rates"), _MARK, False):
+            del epoch_loop._update_learning_rates
+
+    return remove

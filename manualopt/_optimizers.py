@@ -12,6 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from manualopt._guard import check_inside_training_step, refuse
 from manualopt._state import state_of
+from manualopt._stepping import STEP_OPTIONS, validate_options
 from manualopt.errors import OptimizerConfigurationError
 
 if TYPE_CHECKING:
@@ -32,22 +33,23 @@ def _is_optimizer_like(value: object) -> bool:
     return callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None))
 
 
-def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None]:
+def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None, dict[str, dict[str, Any]]]:
     """Turn a mapping of names into the list-of-dictionaries form Lightning accepts.
 
     Args:
         config: What ``configure_optimizers`` returned.
 
     Returns:
-        The configuration to hand to Lightning, and the names in order (None when no names were given: every other
-        form Lightning accepts is passed through untouched).
+        The configuration to hand to Lightning, the names in order (None when no names were given: every other form
+        Lightning accepts is passed through untouched), and per-name ``manual_step`` defaults (the keys
+        ``accumulate_grad_batches``, ``gradient_clip_val`` and ``gradient_clip_algorithm`` of a named entry).
 
     Raises:
         OptimizerConfigurationError: The mapping is empty, a name is not a non-empty string, a value is neither an
             optimizer nor a ``{"optimizer": ..., "lr_scheduler": ...}`` dictionary, or one optimizer has two names.
     """
     if not isinstance(config, Mapping) or "optimizer" in config:
-        return config, None
+        return config, None, {}
     if not config:
         raise OptimizerConfigurationError(
             "`configure_optimizers` returned an empty mapping. Return at least one named optimizer, e.g."
@@ -55,6 +57,7 @@ def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None]:
         )
     names: list[str] = []
     entries: list[dict[str, Any]] = []
+    defaults: dict[str, dict[str, Any]] = {}
     seen: dict[int, str] = {}
     for name, value in config.items():
         if not isinstance(name, str) or not name.strip():
@@ -72,7 +75,15 @@ def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None]:
                     f"The configuration of optimizer {name!r} is a dictionary without an 'optimizer' key. Write"
                     f' `{{"{name}": {{"optimizer": opt, "lr_scheduler": scheduler}}}}`.'
                 )
-            entry = dict(value)
+            entry = {key: item for key, item in value.items() if key not in STEP_OPTIONS}
+            options = {key: value[key] for key in STEP_OPTIONS if key in value}
+            validate_options(
+                options.get("accumulate_grad_batches", 1),
+                options.get("gradient_clip_val"),
+                options.get("gradient_clip_algorithm"),
+                where=f"configure_optimizers, optimizer {name!r}",
+            )
+            defaults[name] = options
         elif _is_optimizer_like(value):
             entry = {"optimizer": value}
         else:
@@ -88,7 +99,7 @@ def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None]:
         seen[key] = name
         names.append(name)
         entries.append(entry)
-    return entries, names
+    return entries, names, defaults
 
 
 @contextlib.contextmanager

@@ -32,6 +32,15 @@ class ModuleState:
         undo: Functions removing what manualopt set on the trainer for this fit.
         loaded: The manualopt entry of a checkpoint being resumed, until it is applied.
         callback: The callback manualopt attaches through ``configure_callbacks``.
+        defaults: Per-optimizer ``manual_step`` keyword defaults from ``configure_optimizers``, by name.
+        windows: Micro-batches accumulated so far in each optimizer's open accumulation window.
+        window_epochs: The epoch in which each open window started.
+        window_clipping: The clipping settings of each open window, used when the epoch's end closes it.
+        pending_clip: Clipping ``manual_step`` asked for, applied in ``on_before_optimizer_step`` (after unscaling).
+        updated_in_batch: Optimizers updated through ``manual_step`` in the current batch.
+        updated_in_epoch: Optimizers updated through ``manual_step`` in the current epoch.
+        scheduler_settings: Scheduler keys taken out of the configuration, by ``id(scheduler)``, until fit starts.
+        hook_depth: Nesting depth of ``on_before_optimizer_step`` calls (``super()`` chains).
     """
 
     names: list[str] = field(default_factory=list)
@@ -46,6 +55,15 @@ class ModuleState:
     undo: list[Callable[[], None]] = field(default_factory=list)
     loaded: dict[str, Any] | None = None
     callback: Callback | None = None
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    windows: dict[str, int] = field(default_factory=dict)
+    window_epochs: dict[str, int] = field(default_factory=dict)
+    window_clipping: dict[str, tuple[float | None, str | None]] = field(default_factory=dict)
+    pending_clip: tuple[Optimizer, float | None, str | None] | None = None
+    updated_in_batch: set[str] = field(default_factory=set)
+    updated_in_epoch: set[str] = field(default_factory=set)
+    scheduler_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
+    hook_depth: int = 0
 
 
 def state_of(module: pl.LightningModule) -> ModuleState:

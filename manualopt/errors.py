@@ -7,6 +7,7 @@ clause catches all of them.
 from __future__ import annotations
 
 __all__ = [
+    "InvalidStepArgumentError",
     "ManualOptimizationError",
     "OptimizerConfigurationError",
     "StepOutsideTrainingStepError",
@@ -34,3 +35,7 @@ class OptimizerConfigurationError(ManualOptimizationError):
 
 class UnknownOptimizerError(ManualOptimizationError, LookupError):
     """An optimizer was addressed by a name, index or object that the module does not have."""
+
+
+class InvalidStepArgumentError(ManualOptimizationError, ValueError):
+    """``manual_step`` (or a per-optimizer default in ``configure_optimizers``) got an argument it cannot use."""

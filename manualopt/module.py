@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -14,11 +14,14 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim import Optimizer
 
+from manualopt import _lightning, _stepping
 from manualopt._callback import ManualOptimizationCallback, guard_lightning_optimizers, lightning_optimizers
 from manualopt._guard import check_inside_training_step
 from manualopt._lightning import current_hook_name, set_global_step
 from manualopt._optimizers import normalize_optimizer_config, refuse_steps
+from manualopt._schedulers import strip_scheduler_settings
 from manualopt._state import STATE_ATTRIBUTE, attached_trainer, state_of, trainer_callbacks
+from manualopt._stepping import StepResult
 from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
 
 __all__ = ["ManualOptimizationModule", "OptimizerKey", "StepResult"]
@@ -28,22 +31,6 @@ OptimizerKey = str | int | Optimizer | LightningOptimizer
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _WRAPPED = "__manualopt_wrapped__"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one :meth:`ManualOptimizationModule.manual_step` call did.
-
-    Attributes:
-        optimizer: The name of the optimizer.
-        stepped: Whether the optimizer really updated the parameters. False when a precision plugin skipped the
-            step (16-bit AMP found non-finite gradients).
-        updates: The optimizer's number of updates in this run so far, this one included.
-    """
-
-    optimizer: str
-    stepped: bool
-    updates: int
 
 
 class ManualOptimizationModule(LightningModule):
@@ -173,39 +160,100 @@ class ManualOptimizationModule(LightningModule):
         optimizer: OptimizerKey,
         loss: Tensor | None = None,
         *,
+        closure: Callable[[], Tensor] | None = None,
+        accumulate_grad_batches: int | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
         backward_kwargs: Mapping[str, Any] | None = None,
     ) -> StepResult:
-        """Update one optimizer's parameters: backward (when given a loss), step, and reset its gradients.
+        """Update one optimizer's parameters: backward, step, reset its gradients, and step its schedulers.
 
-        Call it inside ``training_step``. With ``loss``: the gradients of this optimizer's parameters are reset, the
-        loss is back-propagated through :meth:`manual_backward` (so precision plugins and strategies apply), the
-        optimizer steps, and its gradients are set to None. The update then uses exactly this loss's gradient, even
-        when another optimizer's backward pass wrote gradients into these parameters before. Without ``loss``: the
-        optimizer steps on the gradients already computed, then its gradients are set to None.
+        Call it inside ``training_step``. The keywords mean what the ``Trainer`` arguments of the same names mean in
+        automatic optimization, applied to this optimizer alone; a keyword left at None takes the optimizer's default
+        from ``configure_optimizers`` (see the class docstring), else the Trainer's default.
+
+        With ``loss``: at the start of an accumulation window the optimizer's gradients are reset; the loss, divided by
+        ``accumulate_grad_batches``, is back-propagated through :meth:`manual_backward` (precision plugins and
+        strategies apply; under DDP the all-reduce is skipped until the window closes). The window closes after
+        ``accumulate_grad_batches`` calls or on the epoch's last batch; then gradients are clipped after the precision
+        plugin unscaled them (in ``on_before_optimizer_step``, through ``configure_gradient_clipping``), the optimizer
+        steps, and its gradients are set to None. An optimizer whose window is still open at the end of an epoch
+        steps after that epoch's last ``training_step``.
+
+        With ``closure`` (a function computing and returning the loss, for LBFGS or a two-pass step such as SAM): the
+        optimizer steps with a closure that resets its gradients, evaluates ``closure`` and back-propagates the
+        result. Without either: the optimizer steps on the gradients already computed.
+
+        The learning-rate schedulers configured for this optimizer are stepped as automatic optimization steps them
+        (``interval``, ``frequency``, ``ReduceLROnPlateau`` with ``monitor``/``strict``, the ``lr_scheduler_step``
+        hook), and only when the optimizer really updated.
 
         Args:
             optimizer: The optimizer's name, its index, or an optimizer from ``self.optimizers()``.
-            loss: The scalar loss to back-propagate, or None to step on existing gradients.
+            loss: The scalar loss to back-propagate.
+            closure: Computes and returns the loss; evaluated inside the optimizer's step.
+            accumulate_grad_batches: Micro-batches whose gradients are summed (each loss scaled by its inverse)
+                before one update.
+            gradient_clip_val: Clip gradients at this value; None or 0 does not clip.
+            gradient_clip_algorithm: ``"norm"`` (default) or ``"value"``.
             backward_kwargs: Keyword arguments for ``Tensor.backward`` (e.g. ``{"retain_graph": True}``).
 
         Returns:
-            Which optimizer it was, whether it really stepped, and its update count.
+            Which optimizer it was, whether it really stepped, its update count and its open window's size.
 
         Raises:
             StepOutsideTrainingStepError: Called outside ``training_step``; nothing was changed.
             UnknownOptimizerError: ``optimizer`` names no optimizer of this module.
+            InvalidStepArgumentError: A keyword has a wrong type or value, or ``loss`` and ``closure`` were both given.
         """
         name, lightning_optimizer = self._resolve_for_step(optimizer)
         check_inside_training_step(self, f"`manual_step({name!r})`", name)
-        state = state_of(self)
-        before = state.updates.get(name, 0)
-        if loss is not None:
-            lightning_optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss, **dict(backward_kwargs or {}))
-        lightning_optimizer.step()
-        lightning_optimizer.zero_grad(set_to_none=True)
-        updates = state.updates.get(name, 0)
-        return StepResult(optimizer=name, stepped=updates > before, updates=updates)
+        return _stepping.step(
+            self,
+            name,
+            lightning_optimizer,
+            loss,
+            closure=closure,
+            options={
+                "accumulate_grad_batches": accumulate_grad_batches,
+                "gradient_clip_val": gradient_clip_val,
+                "gradient_clip_algorithm": gradient_clip_algorithm,
+            },
+            backward_kwargs=dict(backward_kwargs or {}),
+        )
+
+    @contextlib.contextmanager
+    def optimizing(self, *names: str) -> Iterator[None]:
+        """Within the block, only the parameters of the named optimizers require gradients.
+
+        Use it around a generator's loss and ``manual_step`` so that back-propagating through the discriminator does
+        not compute gradients for its parameters. Every parameter's ``requires_grad`` is restored exactly on exit,
+        also after an exception; blocks nest. A parameter shared with a named optimizer stays trainable.
+
+        Example::
+
+            with self.optimizing("generator"):
+                self.manual_step("generator", generator_loss)
+
+        Raises:
+            UnknownOptimizerError: A name is not one of this module's optimizers.
+        """
+        trainable = {id(p) for name in names for group in self._resolve(name)[1].param_groups for p in group["params"]}
+        frozen = [
+            parameter
+            for optimizer in state_of(self).optimizers
+            for group in optimizer.param_groups
+            for parameter in group["params"]
+            if id(parameter) not in trainable and parameter.requires_grad
+        ]
+        unique = list({id(p): p for p in frozen}.values())
+        for parameter in unique:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in unique:
+                parameter.requires_grad_(True)
 
     def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
         if not state_of(self).names:
@@ -226,6 +274,9 @@ class ManualOptimizationModule(LightningModule):
         """Callbacks this module adds to the Trainer. manualopt adds its own whether or not this is overridden."""
         return []
 
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Called before an optimizer steps, gradients unscaled. ``manual_step``'s clipping runs right after it."""
+
 
 def _wrap_training_step(function: _F) -> _F:
     @functools.wraps(function)
@@ -241,7 +292,10 @@ def _wrap_training_step(function: _F) -> _F:
         base = trainer.global_step
         state.training_depth, state.stepped_in_call, state.step_depth = 1, False, 0
         try:
-            return function(self, *args, **kwargs)
+            output = function(self, *args, **kwargs)
+            if _lightning.is_last_batch(trainer):
+                _stepping.close_open_windows(self, self.named_optimizers())
+            return output
         finally:
             state.training_depth = 0
             state.batch_stepped = state.stepped_in_call
@@ -258,9 +312,12 @@ def _wrap_configure_optimizers(function: _F) -> _F:
             config = function(self)
         if current_hook_name(self) != "configure_optimizers":
             return config  # called directly, not by the Trainer: return it as written
-        config, names = normalize_optimizer_config(config)
+        config, names, defaults = normalize_optimizer_config(config)
+        config, scheduler_settings = strip_scheduler_settings(config)
         state = state_of(self)
         state.configured_names = names
+        state.defaults = defaults
+        state.scheduler_settings = scheduler_settings
         trainer = attached_trainer(self)
         callback = state.callback
         if trainer is not None and callback is not None and callback in trainer_callbacks(trainer):
@@ -290,12 +347,36 @@ def _wrap_configure_callbacks(function: _F) -> _F:
     return configure_callbacks  # type: ignore[return-value]
 
 
+def _wrap_on_before_optimizer_step(function: _F) -> _F:
+    @functools.wraps(function)
+    def on_before_optimizer_step(
+        self: ManualOptimizationModule, optimizer: Optimizer, *args: Any, **kwargs: Any
+    ) -> Any:
+        state = state_of(self)
+        state.hook_depth += 1
+        try:
+            output = function(self, optimizer, *args, **kwargs)
+        finally:
+            state.hook_depth -= 1
+        if state.hook_depth == 0:
+            _stepping.apply_requested_clipping(self, optimizer)
+        return output
+
+    setattr(on_before_optimizer_step, _WRAPPED, True)
+    return on_before_optimizer_step  # type: ignore[return-value]
+
+
 _HOOK_WRAPPERS: dict[str, Callable[[Any], Any]] = {
     "training_step": _wrap_training_step,
     "configure_optimizers": _wrap_configure_optimizers,
     "configure_callbacks": _wrap_configure_callbacks,
+    "on_before_optimizer_step": _wrap_on_before_optimizer_step,
 }
 
+# The base class's own definitions are wrapped too, so subclasses that do not override them get the bookkeeping.
 ManualOptimizationModule.configure_callbacks = _wrap_configure_callbacks(  # type: ignore[method-assign]
     ManualOptimizationModule.configure_callbacks
+)
+ManualOptimizationModule.on_before_optimizer_step = _wrap_on_before_optimizer_step(  # type: ignore[method-assign]
+    ManualOptimizationModule.on_before_optimizer_step
 )
