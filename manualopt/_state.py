@@ -41,6 +41,7 @@ class ModuleState:
         updated_in_epoch: Optimizers updated through ``manual_step`` in the current epoch.
         scheduler_settings: Scheduler keys taken out of the configuration, by ``id(scheduler)``, until fit starts.
         hook_depth: Nesting depth of ``on_before_optimizer_step`` calls (``super()`` chains).
+        frozen: How many open ``optimizing`` blocks froze each parameter, by ``id``.
     """
 
     names: list[str] = field(default_factory=list)
@@ -64,6 +65,7 @@ class ModuleState:
     updated_in_epoch: set[str] = field(default_factory=set)
     scheduler_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
     hook_depth: int = 0
+    frozen: dict[int, int] = field(default_factory=dict)
 
 
 def state_of(module: pl.LightningModule) -> ModuleState:

@@ -137,7 +137,7 @@ def _no_gradient_sync(trainer: pl.Trainer) -> contextlib.AbstractContextManager[
     # Parallel strategies (DDP) skip the gradient all-reduce inside this context, as automatic optimization does for
     # batches that only accumulate.
     block = getattr(trainer.strategy, "block_backward_sync", None)
-    return block() if block is not None else contextlib.nullcontext()  # type: ignore[no-any-return]
+    return block() if block is not None else contextlib.nullcontext()
 
 
 def _closure(

@@ -238,22 +238,31 @@ class ManualOptimizationModule(LightningModule):
         Raises:
             UnknownOptimizerError: A name is not one of this module's optimizers.
         """
-        trainable = {id(p) for name in names for group in self._resolve(name)[1].param_groups for p in group["params"]}
-        frozen = [
-            parameter
-            for optimizer in state_of(self).optimizers
+        state = state_of(self)
+        named = {id(p): p for name in names for group in self._resolve(name)[1].param_groups for p in group["params"]}
+        others = {
+            id(p): p
+            for optimizer in state.optimizers
             for group in optimizer.param_groups
-            for parameter in group["params"]
-            if id(parameter) not in trainable and parameter.requires_grad
-        ]
-        unique = list({id(p): p for p in frozen}.values())
-        for parameter in unique:
+            for p in group["params"]
+            if id(p) not in named
+        }
+        freeze = [p for p in others.values() if p.requires_grad]
+        # a named parameter frozen by an enclosing block (not by the user) is trainable again inside this one
+        thaw = [p for key, p in named.items() if not p.requires_grad and state.frozen.get(key, 0)]
+        for parameter in freeze:
             parameter.requires_grad_(False)
+            state.frozen[id(parameter)] = state.frozen.get(id(parameter), 0) + 1
+        for parameter in thaw:
+            parameter.requires_grad_(True)
         try:
             yield
         finally:
-            for parameter in unique:
+            for parameter in thaw:
+                parameter.requires_grad_(False)
+            for parameter in freeze:
                 parameter.requires_grad_(True)
+                state.frozen[id(parameter)] -= 1
 
     def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
         if not state_of(self).names:

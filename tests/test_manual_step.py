@@ -1,0 +1,344 @@
+"""manual_step keywords with several optimizers, closures, requires_grad toggling, defaults and argument checks."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TwoNets, loader, trainer
+from torch import nn
+
+from manualopt import InvalidStepArgumentError, StepResult, UnknownOptimizerError
+
+
+class PerOptimizerConfig(TwoNets):
+    """D accumulates 2 batches and clips by norm; G steps every batch unclipped; each has its own scheduler."""
+
+    def __init__(self, through_defaults: bool = False) -> None:
+        super().__init__()
+        self.through_defaults = through_defaults
+        self.results: list[tuple[StepResult, StepResult]] = []
+        self.lrs: list[tuple[float, float]] = []
+
+    def configure_optimizers(self) -> Any:
+        opt_g = torch.optim.SGD(self.generator.parameters(), lr=1.0)
+        opt_d = torch.optim.SGD(self.discriminator.parameters(), lr=1.0)
+        discriminator: dict[str, Any] = {
+            "optimizer": opt_d,
+            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt_d, 1, gamma=0.5), "interval": "epoch"},
+        }
+        if self.through_defaults:
+            discriminator.update(accumulate_grad_batches=2, gradient_clip_val=1e-3)
+        return {
+            "generator": {
+                "optimizer": opt_g,
+                "lr_scheduler": {
+                    "scheduler": torch.optim.lr_scheduler.StepLR(opt_g, 1, gamma=0.9),
+                    "interval": "step",
+                    "frequency": 3,
+                },
+            },
+            "discriminator": discriminator,
+        }
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, d_loss = self.losses(batch)
+        options = {} if self.through_defaults else {"accumulate_grad_batches": 2, "gradient_clip_val": 1e-3}
+        before = [
+            torch.cat([p.detach().flatten() for p in net.parameters()]) for net in (self.generator, self.discriminator)
+        ]
+        d = self.manual_step("discriminator", d_loss, **options)
+        g = self.manual_step("generator", g_loss)
+        after = [
+            torch.cat([p.detach().flatten() for p in net.parameters()]) for net in (self.generator, self.discriminator)
+        ]
+        self.changes = getattr(self, "changes", [])
+        self.changes.append(tuple(float((a - b).norm()) for a, b in zip(after, before, strict=True)))
+        self.results.append((g, d))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.seen_norms = getattr(self, "seen_norms", [])
+        norms = [p.grad.norm() for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.seen_norms.append((optimizer is self.trainer.optimizers[1], float(torch.stack(norms).norm())))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        opt_g, opt_d = self.trainer.optimizers
+        self.lrs.append((opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]))
+
+
+@pytest.mark.parametrize("through_defaults", [False, True], ids=["keywords", "configure_optimizers-defaults"])
+def test_each_optimizer_follows_its_own_config(tmp_path: Path, through_defaults: bool) -> None:
+    model = PerOptimizerConfig(through_defaults)
+    fit = trainer(tmp_path, max_epochs=2)
+    fit.fit(model, loader(5))  # 5 batches: D's window of 2 leaves a partial window at each epoch's end
+    d_stepped = [d.stepped for _, d in model.results]
+    assert d_stepped == [False, True, False, True, True] * 2
+    assert [d.accumulated for _, d in model.results][:3] == [1, 0, 1]
+    assert all(g.stepped for g, _ in model.results)
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 6}
+    assert fit.global_step == 10  # G stepped every batch: every batch is a training step
+    # G's step scheduler: every 3rd batch of the epoch (batch_idx + 1), as in automatic optimization.
+    assert [lr_g for lr_g, _ in model.lrs] == pytest.approx([1, 1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.81, 0.81, 0.81])
+    # D's epoch scheduler halves the rate once per epoch, after the last batch's training step and before its
+    # on_train_batch_end, which is where automatic optimization steps epoch-interval schedulers.
+    assert [lr_d for _, lr_d in model.lrs] == [1.0] * 4 + [0.5] * 5 + [0.25]
+
+
+def test_clipping_applies_to_its_optimizer_only(tmp_path: Path) -> None:
+    model = PerOptimizerConfig()
+    trainer(tmp_path, max_epochs=1).fit(model, loader(5))
+    # on_before_optimizer_step sees unclipped gradients (as in automatic optimization): large for both optimizers
+    assert all(norm > 1e-2 for _, norm in model.seen_norms)
+    assert {is_discriminator for is_discriminator, _ in model.seen_norms} == {True, False}
+    # the discriminator's updates are clipped to norm 1e-3 (lr 1); the generator's are not
+    generator_changes = [g for g, _ in model.changes]
+    discriminator_changes = [
+        d for (_, d), (_, result) in zip(model.changes, model.results, strict=True) if result.stepped
+    ]
+    assert len(discriminator_changes) == 3
+    assert all(0 < d <= 1e-3 * (1 + 1e-5) for d in discriminator_changes)
+    assert all(g > 1e-2 for g in generator_changes)
+
+
+class GeneratorAccumulates(TwoNets):
+    """D every batch, G accumulating 3 but called only on even batches: G's window must still close at epoch end."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, d_loss = self.losses(batch)
+        self.manual_step("discriminator", d_loss)
+        if batch_idx % 2 == 0:
+            self.manual_step("generator", g_loss, accumulate_grad_batches=3)
+
+    def on_train_epoch_end(self) -> None:
+        self.grads_at_epoch_end = [p.grad for p in self.generator.parameters()]
+
+
+def test_open_windows_close_at_epoch_end(tmp_path: Path) -> None:
+    model = GeneratorAccumulates()
+    fit = trainer(tmp_path, max_epochs=2)
+    fit.fit(model, loader(10))
+    # G is called on batches 0, 2, 4, 6, 8: windows (0, 2, 4) and (6, 8) -> the second closes after batch 9
+    assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}
+    assert model.grads_at_epoch_end == [None, None]
+    assert fit.global_step == 20
+
+
+def test_clipping_clips(tmp_path: Path) -> None:
+    class Clipped(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            g_loss, _ = self.losses(batch)
+            before = self.generator.weight.detach().clone()
+            self.manual_step("generator", g_loss * 1000, gradient_clip_val=0.01)
+            self.change = float((self.generator.weight.detach() - before).norm())
+
+        def configure_optimizers(self) -> Any:
+            return {"generator": torch.optim.SGD(self.generator.parameters(), lr=1.0)}
+
+    model = Clipped()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
+    assert model.change <= 0.01 + 1e-6  # lr 1 x clipped gradient norm 0.01 (weight and bias share the norm)
+
+
+def test_no_ignored_keys_warning(tmp_path: Path) -> None:
+    class Plateau(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "strict": True}}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            g_loss, d_loss = self.losses(batch)
+            self.manual_step(0, g_loss + d_loss)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=2, limit_val_batches=1).fit(Plateau(), loader(), loader(2))
+    assert not [w for w in caught if "will be ignored" in str(w.message)]
+
+
+def test_plateau_without_logged_metric_names_it(tmp_path: Path) -> None:
+    class Plateau(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": plateau, "monitor": "missing_metric"}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step(0, sum(self.losses(batch)))
+
+    from manualopt import OptimizerConfigurationError
+
+    with pytest.raises(OptimizerConfigurationError, match="monitors 'missing_metric', which was not logged"):
+        trainer(tmp_path, max_epochs=1).fit(Plateau(), loader())
+
+
+class LBFGSAndSAM(TwoNets):
+    """LBFGS needs a closure; SAM is a two-pass step over a base optimizer: both count one update per call."""
+
+    def configure_optimizers(self) -> Any:
+        return {
+            "generator": torch.optim.LBFGS(self.generator.parameters(), lr=0.5, max_iter=4),
+            "discriminator": SAM(self.discriminator.parameters(), torch.optim.SGD, lr=0.05),
+        }
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step("generator", closure=lambda: self.losses(batch)[0])
+        self.manual_backward(self.losses(batch)[1])  # SAM's first pass
+        self.manual_step("discriminator", closure=lambda: self.losses(batch)[1])
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimization: climb to w + rho * g / |g|, take the gradient there, step from w."""
+
+    def __init__(self, params: Any, base: type[torch.optim.Optimizer], rho: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(params, {"rho": rho, **kwargs})
+        self.base_optimizer = base(self.param_groups, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.stack([p.grad.norm() for p in params]).norm()
+        shifts = []
+        for p in params:
+            shift = p.grad * (self.param_groups[0]["rho"] / (norm + 1e-12))
+            p.add_(shift)
+            shifts.append(shift)
+        with torch.enable_grad():
+            loss = closure()
+        for p, shift in zip(params, shifts, strict=True):
+            p.sub_(shift)
+        self.base_optimizer.step()
+        return loss
+
+
+def test_closures_lbfgs_and_two_pass_sam(tmp_path: Path) -> None:
+    model = LBFGSAndSAM()
+    before = model.discriminator.weight.detach().clone()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 10}
+    assert fit.global_step == 10
+    assert not torch.equal(model.discriminator.weight, before)
+
+
+class Toggling(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, _ = batch
+        with self.optimizing("generator"):
+            with self.optimizing("generator", "discriminator"):  # nested: the inner block may widen it
+                self.inner = [p.requires_grad for p in self.discriminator.parameters()]
+            self.outer = [p.requires_grad for p in self.discriminator.parameters()]
+            g_loss = self.discriminator(x * self.generator(x)).mean()
+            self.manual_backward(g_loss)
+            self.discriminator_grads = [p.grad for p in self.discriminator.parameters()]
+            self.manual_step("generator")
+        self.after = [p.requires_grad for p in self.parameters()]
+        self.manual_step("discriminator", self.losses(batch)[1])
+
+
+def test_optimizing_freezes_the_other_optimizers(tmp_path: Path) -> None:
+    model = Toggling()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=2).fit(model, loader())
+    assert model.inner == [True, True]
+    assert model.outer == [False, False]
+    assert model.discriminator_grads == [None, None]  # no gradient was computed for the discriminator
+    assert model.after == [True, True, True, True]
+
+
+def test_optimizing_restores_after_an_error_and_refuses_unknown_names(tmp_path: Path) -> None:
+    class Fails(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            with pytest.raises(UnknownOptimizerError, match="'critic'"), self.optimizing("critic"):
+                pass
+            with pytest.raises(ZeroDivisionError), self.optimizing("generator"):
+                raise ZeroDivisionError
+            self.flags = [p.requires_grad for p in self.parameters()]
+            super().training_step(batch, batch_idx)
+
+    model = Fails()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
+    assert model.flags == [True, True, True, True]
+
+
+@pytest.mark.parametrize("variant", ["foreach", "fused", "compiled"])
+def test_fast_optimizers_and_compiled_submodules(tmp_path: Path, variant: str) -> None:
+    class Fast(TwoNets):
+        def configure_optimizers(self) -> Any:
+            kwargs = {"foreach": True} if variant == "foreach" else {"fused": True} if variant == "fused" else {}
+            return {
+                "generator": torch.optim.Adam(self.generator.parameters(), lr=0.01, **kwargs),
+                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=0.01, **kwargs),
+            }
+
+    model = Fast()
+    if variant == "compiled":
+        model.generator = torch.compile(model.generator, backend="aot_eager")  # type: ignore[assignment]
+    before = [p.detach().clone() for p in model.parameters()]
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert fit.global_step == 10
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 10}
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class BadArguments(TwoNets):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        loss = self.losses(batch)[0]
+        self.manual_step("generator", **{"loss": loss, **self.kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"accumulate_grad_batches": 0}, "accumulate_grad_batches must be a positive integer, not 0"),
+        ({"accumulate_grad_batches": 2.0}, "accumulate_grad_batches must be a positive integer, not 2.0"),
+        ({"gradient_clip_val": -1}, "gradient_clip_val must be a non-negative number or None, not -1"),
+        ({"gradient_clip_algorithm": "l2"}, "gradient_clip_algorithm must be 'norm', 'value' or None, not 'l2'"),
+        ({"closure": lambda: None}, "pass either a loss or a closure"),
+    ],
+)
+def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidStepArgumentError, match=rf"manual_step\('generator'\): {message}"):
+        trainer(tmp_path, max_epochs=1).fit(BadArguments(**kwargs), loader())
+
+
+def test_bad_defaults_are_refused_when_fit_starts(tmp_path: Path) -> None:
+    class BadDefaults(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"generator": {"optimizer": opt, "accumulate_grad_batches": -2}}
+
+    model = BadDefaults()
+    with pytest.raises(InvalidStepArgumentError, match="configure_optimizers, optimizer 'generator'"):
+        trainer(tmp_path).fit(model, loader())
+    assert model.training_step_calls == 0
+
+
+def test_a_step_shared_module_keeps_requires_grad_of_frozen_parameters(tmp_path: Path) -> None:
+    class Frozen(TwoNets):
+        def __init__(self) -> None:
+            super().__init__()
+            self.discriminator.bias.requires_grad_(False)
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            with self.optimizing("generator"):
+                pass
+            self.bias_flag = self.discriminator.bias.requires_grad
+            super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self) -> Any:
+            return {
+                "generator": torch.optim.SGD(self.generator.parameters(), lr=0.01),
+                "discriminator": torch.optim.SGD(nn.ParameterList(self.discriminator.parameters()), lr=0.01),
+            }
+
+    model = Frozen()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
+    assert model.bias_flag is False  # a parameter frozen by the user stays frozen after the block
