@@ -1,0 +1,83 @@
+"""Under DDP (2 CPU processes, gloo), accumulating micro-batches skip the gradient all-reduce, as in automatic mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import loader
+from lightning.pytorch.strategies import DDPStrategy
+from test_parity import Automatic, Manual
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+ALL_REDUCES = {"count": 0}
+
+
+def counting_allreduce(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """A DDP communication hook that counts the all-reduces it performs."""
+    ALL_REDUCES["count"] += 1
+    return default_hooks.allreduce_hook(state, bucket)
+
+
+# DDP checks the hook's annotations as objects; this module's are strings (postponed evaluation).
+counting_allreduce.__annotations__ = {
+    "state": object,
+    "bucket": dist.GradBucket,
+    "return": torch.futures.Future[torch.Tensor],
+}
+
+
+class Reporting(pl.Callback):
+    """Counts all-reduces with a communication hook and writes what each process saw."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = str(out)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning registers `ddp_comm_hook` on CUDA only; on CPU the test registers it on the DDP wrapper itself.
+        trainer.strategy.model.register_comm_hook(None, counting_allreduce)  # type: ignore[union-attr]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        report = {
+            "all_reduces": ALL_REDUCES["count"],
+            "global_step": trainer.global_step,
+            "params": [p.detach().flatten().tolist() for p in pl_module.parameters()],
+        }
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+def _fit(out: Path, model: pl.LightningModule, **options: Any) -> list[dict[str, Any]]:
+    out.mkdir(parents=True)
+    trainer = pl.Trainer(
+        default_root_dir=str(out),
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo"),
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Reporting(out)],
+        **options,
+    )
+    trainer.fit(model, loader(20))  # 10 batches per process
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.timeout(600)
+def test_accumulation_skips_all_reduce_like_automatic_optimization(tmp_path: Path) -> None:
+    automatic = _fit(tmp_path / "automatic", Automatic("sgd-momentum"), accumulate_grad_batches=3)
+    manual = _fit(tmp_path / "manual", Manual("sgd-momentum", accumulate_grad_batches=3))
+    # windows of 3, 3, 3 and 1 batches per epoch: 4 synchronized backward passes per epoch, one bucket each
+    for report in manual + automatic:
+        assert report["all_reduces"] == 8
+        assert report["global_step"] == 8
+    # the processes agree with each other, and with automatic optimization, bit for bit
+    assert manual[0]["params"] == manual[1]["params"]
+    assert manual[0]["params"] == automatic[0]["params"]
