@@ -15,7 +15,7 @@ from manualopt import _lightning
 from manualopt._guard import check_inside_training_step
 from manualopt._optimizers import attach_optimizers
 from manualopt._schedulers import apply_scheduler_settings, update_schedulers
-from manualopt._state import state_of
+from manualopt._state import attached_trainer, state_of
 from manualopt.errors import OptimizerConfigurationError
 
 if TYPE_CHECKING:
@@ -30,9 +30,12 @@ _FORMAT = 1
 
 
 def lightning_optimizers(module: pl.LightningModule) -> list[LightningOptimizer]:
-    """``module.optimizers()`` as a list, whatever their number."""
+    """``module.optimizers()`` as a list, whatever their number; empty when no trainer holds real optimizers."""
+    if attached_trainer(module) is None:
+        return []
     optimizers = module.optimizers()
-    return list(optimizers) if isinstance(optimizers, list) else [optimizers]
+    listed = list(optimizers) if isinstance(optimizers, list) else [optimizers]
+    return [optimizer for optimizer in listed if not _lightning.is_placeholder_optimizer(optimizer.optimizer)]
 
 
 class ManualOptimizationCallback(Callback):
@@ -49,9 +52,13 @@ class ManualOptimizationCallback(Callback):
         if not self._owns(pl_module):
             return
         state = state_of(pl_module)
-        attach_optimizers(pl_module, list(trainer.optimizers))
+        real = [optimizer for optimizer in trainer.optimizers if not _lightning.is_placeholder_optimizer(optimizer)]
+        previous = state.last_trainer() if state.last_trainer is not None else None
+        attach_optimizers(pl_module, real, continuing=previous is trainer)
+        state.last_trainer = weakref.ref(trainer)
         state.batch_stepped = True
         state.windows.clear()
+        state.window_epochs.clear()
         state.updated_in_batch.clear()
         state.updated_in_epoch.clear()
         guard_lightning_optimizers(pl_module, trainer)
@@ -111,6 +118,9 @@ class ManualOptimizationCallback(Callback):
             "optimizer_names": list(state.names),
             "optimizer_updates": dict(state.updates),
             "batch_stepped": state.batch_stepped,
+            "accumulation_windows": {
+                name: [count, state.window_epochs.get(name, -1)] for name, count in state.windows.items() if count
+            },
         }
 
     def on_load_checkpoint(
@@ -122,12 +132,13 @@ class ManualOptimizationCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove what was set on the trainer for this fit (the optimizer step guards stay)."""
-        if not self._owns(pl_module):
-            return
-        state = state_of(pl_module)
-        for undo in state.undo:
-            undo()
-        state.undo.clear()
+        if self._owns(pl_module):
+            _undo(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Remove what was set on the trainer when a fit fails (Lightning skips ``teardown`` hooks then)."""
+        if self._owns(pl_module):
+            _undo(pl_module)
 
     def _apply_loaded(self, pl_module: pl.LightningModule) -> None:
         state = state_of(pl_module)
@@ -144,6 +155,17 @@ class ManualOptimizationCallback(Callback):
             )
         state.updates = {name: int(count) for name, count in loaded.get("optimizer_updates", {}).items()}
         state.batch_stepped = bool(loaded.get("batch_stepped", True))
+        # An accumulation window open at the checkpoint goes on counting its micro-batches (their gradients, as in
+        # automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
+        for name, (count, epoch) in loaded.get("accumulation_windows", {}).items():
+            state.windows[name], state.window_epochs[name] = int(count), int(epoch)
+
+
+def _undo(module: pl.LightningModule) -> None:
+    state = state_of(module)
+    for undo in state.undo:
+        undo()
+    state.undo.clear()
 
 
 def _undo_route(callback: ModelCheckpoint) -> Any:

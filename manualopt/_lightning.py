@@ -16,17 +16,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.core.optimizer import LightningOptimizer, _MockOptimizer
+from lightning.pytorch.trainer.call import _call_lightning_module_hook
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 __all__ = [
+    "call_module_hook",
     "current_hook_name",
     "global_step_snapshot",
     "install_scheduler_driver",
     "install_step_gate",
     "is_last_batch",
+    "is_placeholder_optimizer",
     "restore_global_step",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
@@ -242,3 +245,21 @@ def install_scheduler_driver(
             del epoch_loop._update_learning_rates
 
     return remove
+
+
+def is_placeholder_optimizer(optimizer: object) -> bool:
+    """Whether ``optimizer`` is the stand-in Lightning uses when ``configure_optimizers`` returns None.
+
+    Why: Lightning then fills ``trainer.optimizers`` with a ``_MockOptimizer`` whose steps do nothing; counting them
+    would call batches training steps although no parameter changed.
+    """
+    return isinstance(optimizer, _MockOptimizer)
+
+
+def call_module_hook(trainer: pl.Trainer, hook: str, *args: Any) -> Any:
+    """Call a LightningModule hook the way Lightning calls it (profiler, ``_current_fx_name`` for ``self.log``).
+
+    Why: automatic optimization calls ``lr_scheduler_step`` through ``trainer/call.py``; calling it the same way keeps
+    a user's override (and anything it logs) behaving identically.
+    """
+    return _call_lightning_module_hook(trainer, hook, *args)

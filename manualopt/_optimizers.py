@@ -122,12 +122,13 @@ def _inner_optimizers(optimizer: Optimizer) -> list[Optimizer]:
     return [inner] if isinstance(inner, Optimizer) and inner is not optimizer else []
 
 
-def attach_optimizers(module: pl.LightningModule, optimizers: list[Optimizer]) -> None:
+def attach_optimizers(module: pl.LightningModule, optimizers: list[Optimizer], continuing: bool = False) -> None:
     """Name the fit's optimizers, validate the names, and install the step hooks that guard and count updates.
 
     Args:
         module: The module being fitted.
-        optimizers: ``trainer.optimizers``, in order.
+        optimizers: ``trainer.optimizers``, in order (Lightning's placeholder for "no optimizer" left out).
+        continuing: Whether this fit goes on with the previous fit's Trainer, so the counters continue.
 
     Raises:
         OptimizerConfigurationError: The names do not match the optimizers, or one optimizer appears twice.
@@ -153,35 +154,42 @@ def attach_optimizers(module: pl.LightningModule, optimizers: list[Optimizer]) -
     state.handles.clear()
     state.names = list(names)
     state.optimizers = list(optimizers)
-    state.updates = dict.fromkeys(names, 0)
+    # A new fit starts counting at 0; fitting on with the same Trainer (whose global_step goes on) continues.
+    previous = state.updates if continuing else {}
+    state.updates = {name: previous.get(name, 0) for name in names}
 
     reference = weakref.ref(module)
     for name, optimizer in zip(names, optimizers, strict=True):
-        for target in [optimizer, *_inner_optimizers(optimizer)]:
-            state.handles.append(target.register_step_pre_hook(_make_pre_hook(reference, name)))
-            state.handles.append(target.register_step_post_hook(_make_post_hook(reference, name)))
+        state.handles.append(optimizer.register_step_pre_hook(_make_pre_hook(reference, name, own=True)))
+        state.handles.append(optimizer.register_step_post_hook(_make_post_hook(reference, name, own=True)))
+        for inner in _inner_optimizers(optimizer):
+            state.handles.append(inner.register_step_pre_hook(_make_pre_hook(reference, name, own=False)))
+            state.handles.append(inner.register_step_post_hook(_make_post_hook(reference, name, own=False)))
 
 
-def _make_pre_hook(reference: weakref.ref[pl.LightningModule], name: str) -> Any:
+def _make_pre_hook(reference: weakref.ref[pl.LightningModule], name: str, own: bool) -> Any:
     def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         module = reference()
         if module is None:
             return
         check_inside_training_step(module, f"`{type(optimizer).__name__}.step()` of optimizer {name!r}", name)
-        state_of(module).step_depth += 1
+        if own:
+            state_of(module).stepping.add(name)
 
     return pre_hook
 
 
-def _make_post_hook(reference: weakref.ref[pl.LightningModule], name: str) -> Any:
+def _make_post_hook(reference: weakref.ref[pl.LightningModule], name: str, own: bool) -> Any:
     def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         module = reference()
         if module is None:
             return
         state = state_of(module)
-        state.step_depth = max(state.step_depth - 1, 0)
-        if state.step_depth == 0:
-            state.updates[name] = state.updates.get(name, 0) + 1
-            state.stepped_in_call = True
+        if own:
+            state.stepping.discard(name)
+        elif name in state.stepping:
+            return  # the base optimizer's step inside its wrapper's step: one update, counted by the wrapper
+        state.updates[name] = state.updates.get(name, 0) + 1
+        state.stepped_in_call = True
 
     return post_hook

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from manualopt import _lightning
 from manualopt._state import state_of
 from manualopt.errors import OptimizerConfigurationError
 
@@ -140,4 +141,19 @@ def update_schedulers(
                         f' `self.log("{config.monitor}", ...)` or set "strict": False in the scheduler config.'
                     )
                 continue
-        module.lr_scheduler_step(config.scheduler, metric)
+        _warn_if_stepped_elsewhere(state.scheduler_epochs, name, config.scheduler)
+        _lightning.call_module_hook(trainer, "lr_scheduler_step", config.scheduler, metric)
+        state.scheduler_epochs[id(config.scheduler)] = getattr(config.scheduler, "last_epoch", None)
+
+
+def _warn_if_stepped_elsewhere(seen: dict[int, Any], name: str, scheduler: Any) -> None:
+    # Stepping a scheduler that manualopt drives as well would advance it twice per due step.
+    expected = seen.get(id(scheduler))
+    if expected is not None and getattr(scheduler, "last_epoch", None) != expected:
+        warnings.warn(
+            f"The learning-rate scheduler of optimizer {name!r} was stepped outside manualopt, which steps it itself"
+            " because the optimizer is updated with `manual_step` (as its config says: interval, frequency). It now"
+            " advances twice per due step. Remove your own `scheduler.step()` call.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

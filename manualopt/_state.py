@@ -27,7 +27,6 @@ class ModuleState:
         training_depth: How deep inside Lightning's own ``training_step`` call the code runs (0: outside).
         stepped_in_call: Whether an optimizer stepped during the current ``training_step`` call.
         batch_stepped: Whether the current (or last) batch made a training step.
-        step_depth: Nesting depth of optimizer steps in progress (a wrapper optimizer stepping its base).
         handles: Torch optimizer hook handles owned by manualopt.
         undo: Functions removing what manualopt set on the trainer for this fit.
         loaded: The manualopt entry of a checkpoint being resumed, until it is applied.
@@ -42,6 +41,9 @@ class ModuleState:
         scheduler_settings: Scheduler keys taken out of the configuration, by ``id(scheduler)``, until fit starts.
         hook_depth: Nesting depth of ``on_before_optimizer_step`` calls (``super()`` chains).
         frozen: How many open ``optimizing`` blocks froze each parameter, by ``id``.
+        stepping: Optimizers whose own ``step`` is in progress (their base optimizer's steps are part of it).
+        scheduler_epochs: Each driven scheduler's ``last_epoch`` after manualopt last stepped it, by ``id``.
+        last_trainer: The trainer of the previous fit; fitting on with it continues the update counters.
     """
 
     names: list[str] = field(default_factory=list)
@@ -51,7 +53,6 @@ class ModuleState:
     training_depth: int = 0
     stepped_in_call: bool = False
     batch_stepped: bool = True
-    step_depth: int = 0
     handles: list[RemovableHandle] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
     loaded: dict[str, Any] | None = None
@@ -66,6 +67,9 @@ class ModuleState:
     scheduler_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
     hook_depth: int = 0
     frozen: dict[int, int] = field(default_factory=dict)
+    stepping: set[str] = field(default_factory=set)
+    scheduler_epochs: dict[int, Any] = field(default_factory=dict)
+    last_trainer: Any = None
 
 
 def state_of(module: pl.LightningModule) -> ModuleState:

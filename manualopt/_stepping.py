@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+from torch.optim import LBFGS
 
 from manualopt import _lightning
 from manualopt._state import state_of
@@ -95,6 +96,11 @@ def step(
     if closure is not None and loss is not None:
         raise InvalidStepArgumentError(
             f"manual_step({name!r}): pass either a loss or a closure that computes it, not both."
+        )
+    if closure is None and isinstance(optimizer.optimizer, LBFGS):
+        raise InvalidStepArgumentError(
+            f"manual_step({name!r}): LBFGS evaluates the loss several times per step, so it needs a closure: write"
+            f" `self.manual_step({name!r}, closure=lambda: compute_loss(batch))` instead of passing a loss."
         )
     if closure is not None and accumulate > 1:
         raise InvalidStepArgumentError(

@@ -123,17 +123,31 @@ class ManualOptimizationModule(LightningModule):
         return MappingProxyType(dict(state_of(self).updates))
 
     def named_optimizers(self) -> Mapping[str, LightningOptimizer]:
-        """The optimizers of the running fit by name, as the ``LightningOptimizer`` objects of ``self.optimizers()``."""
-        return MappingProxyType(dict(zip(state_of(self).names, lightning_optimizers(self), strict=True)))
+        """The optimizers of the running fit by name, as the ``LightningOptimizer`` objects of ``self.optimizers()``.
+
+        Empty when no fit with optimizers is attached.
+        """
+        names, wrapped = state_of(self).names, lightning_optimizers(self)
+        return MappingProxyType(dict(zip(names, wrapped, strict=True)) if len(names) == len(wrapped) else {})
 
     def _resolve(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
         state = state_of(self)
         if not state.names:
+            if state.last_trainer is None:  # no fit has started
+                raise UnknownOptimizerError(
+                    "No optimizers are known yet: optimizers can be addressed once `Trainer.fit` has called"
+                    " `configure_optimizers`, inside `training_step`."
+                )
             raise UnknownOptimizerError(
-                "No optimizers are known yet: optimizers can be addressed once `Trainer.fit` has called"
-                " `configure_optimizers`, inside `training_step`."
+                "`configure_optimizers` returned no optimizer, so there is nothing to step. Return one, or a mapping"
+                ' of names such as `{"generator": opt_g, "discriminator": opt_d}`.'
             )
         wrapped = lightning_optimizers(self)
+        if len(wrapped) != len(state.names):
+            raise UnknownOptimizerError(
+                f"The optimizers {list(state.names)} belong to a finished fit; they can be addressed inside"
+                " `training_step` of a running `Trainer.fit`."
+            )
         index: int | None = None
         if isinstance(optimizer, str):
             if optimizer in state.names:
@@ -265,9 +279,9 @@ class ManualOptimizationModule(LightningModule):
                 state.frozen[id(parameter)] -= 1
 
     def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
-        if not state_of(self).names:
-            # Not fitting: report where the call came from rather than that optimizers are unknown.
-            check_inside_training_step(self, "`manual_step`", optimizer if isinstance(optimizer, str) else None)
+        # Where the call comes from is checked first: outside training_step that is the error to report.
+        shown = optimizer if isinstance(optimizer, str) else None
+        check_inside_training_step(self, f"`manual_step({shown!r})`" if shown else "`manual_step`", shown)
         return self._resolve(optimizer)
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -299,7 +313,8 @@ def _wrap_training_step(function: _F) -> _F:
             return function(self, *args, **kwargs)
         guard_lightning_optimizers(self, trainer)
         base = trainer.global_step
-        state.training_depth, state.stepped_in_call, state.step_depth = 1, False, 0
+        state.training_depth, state.stepped_in_call = 1, False
+        state.stepping.clear()
         try:
             output = function(self, *args, **kwargs)
             if _lightning.is_last_batch(trainer):

@@ -60,6 +60,74 @@ class GateProbe(Callback):
         )
 
 
+class LastBatchProbe(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.last = getattr(self, "last", [])
+        self.last.append(_lightning.is_last_batch(self.trainer))
+        return super().training_step(batch, batch_idx)
+
+
+def test_is_last_batch(tmp_path: Path) -> None:
+    model = LastBatchProbe()
+    trainer(tmp_path, max_epochs=2, limit_train_batches=4).fit(model, loader())
+    assert model.last == [False, False, False, True] * 2
+
+
+def test_placeholder_optimizer() -> None:
+    from lightning.pytorch.core.optimizer import _MockOptimizer
+
+    assert _lightning.is_placeholder_optimizer(_MockOptimizer())
+    assert not _lightning.is_placeholder_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)]))
+
+
+class SchedulerProbe(Callback):
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.driven = "_update_learning_rates" in vars(trainer.fit_loop.epoch_loop)
+
+
+class LogsInSchedulerHook(TwoNets):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1), "interval": "step"},
+        }
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step(0, sum(self.losses(batch)))
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        self.hook_names = getattr(self, "hook_names", set())
+        self.hook_names.add(_lightning.current_hook_name(self))
+        scheduler.step()
+
+
+def test_scheduler_driver_calls_the_hook_like_lightning_and_is_removed(tmp_path: Path) -> None:
+    probe, model = SchedulerProbe(), LogsInSchedulerHook()
+    fit = trainer(tmp_path, max_epochs=1, callbacks=[probe])
+    fit.fit(model, loader())
+    assert probe.driven
+    assert model.hook_names == {"lr_scheduler_step"}
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.1**10)
+    assert "_update_learning_rates" not in vars(fit.fit_loop.epoch_loop)
+
+
+def test_patches_are_removed_after_a_failed_fit(tmp_path: Path) -> None:
+    class Fails(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if batch_idx == 3:
+                raise ArithmeticError
+            return super().training_step(batch, batch_idx)
+
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"))
+    fit = trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True)
+    with pytest.raises(ArithmeticError):
+        fit.fit(Fails(), loader())
+    assert not {"_should_accumulate", "_update_learning_rates"} & set(vars(fit.fit_loop.epoch_loop))
+    assert "update_train_step_metrics" not in vars(fit._logger_connector)
+    assert "on_train_batch_end" not in vars(checkpoint)
+
+
 def test_step_gate_is_per_batch_and_removed_after_fit(tmp_path: Path) -> None:
     probe = GateProbe()
     fit = trainer(tmp_path, max_epochs=1, callbacks=[probe])

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import TwoNets, loader, trainer
@@ -342,3 +343,126 @@ def test_a_step_shared_module_keeps_requires_grad_of_frozen_parameters(tmp_path:
     model = Frozen()
     trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
     assert model.bias_flag is False  # a parameter frozen by the user stays frozen after the block
+
+
+# ---------------------------------------------------------------- regressions
+
+
+def test_validate_with_a_new_trainer_refuses_manual_step(tmp_path: Path) -> None:
+    class StepsInValidation(TwoNets):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step("generator", self.losses(batch)[0])
+
+    model = StepsInValidation()
+    trainer(tmp_path, max_epochs=1).fit(model, loader())
+    from manualopt import StepOutsideTrainingStepError
+
+    with pytest.raises(StepOutsideTrainingStepError, match=r"`StepsInValidation\.validation_step` during"):
+        trainer(tmp_path).validate(model, loader(2))
+    assert dict(model.named_optimizers()) == {}
+
+
+class SavesMidWindow(pl.Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == 0 and args[-1] == 4:  # batches 3, 4 of the window (3, 4, 5) are in
+            trainer.save_checkpoint(self.path)
+
+
+class Accumulates(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step("generator", self.losses(batch)[0], accumulate_grad_batches=3)
+
+
+def test_resume_inside_an_accumulation_window_steps_on_the_same_batches(tmp_path: Path) -> None:
+    path = tmp_path / "mid-window.ckpt"
+    uninterrupted = trainer(tmp_path, callbacks=[SavesMidWindow(path)])
+    uninterrupted.fit(Accumulates(), loader())
+    assert uninterrupted.global_step == 8  # windows (0-2), (3-5), (6-8), (9) per epoch
+    resumed = trainer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        resumed.fit(Accumulates(), loader(), ckpt_path=str(path))
+    assert resumed.global_step == uninterrupted.global_step
+
+
+def test_no_optimizers_means_no_training_steps(tmp_path: Path) -> None:
+    class NoOptimizer(TwoNets):
+        def configure_optimizers(self) -> None:
+            return None
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            with pytest.raises(UnknownOptimizerError, match="returned no optimizer"):
+                self.manual_step(0, self.losses(batch)[0])
+
+    model = NoOptimizer()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*`LightningModule.configure_optimizers` returned `None`.*")
+        fit = trainer(tmp_path, max_epochs=1)
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert model.optimizer_names == ()
+
+
+def test_a_failed_step_does_not_stop_the_counting(tmp_path: Path) -> None:
+    class Fails(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            g_loss = self.losses(batch)[0]
+
+            def broken() -> None:
+                raise ArithmeticError
+
+            with pytest.raises(ArithmeticError):
+                self.optimizers()[1].step(closure=broken)
+            self.result = self.manual_step("generator", g_loss)
+
+    model = Fails()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert model.result.stepped
+    assert fit.global_step == 10
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 0}
+
+
+def test_fitting_on_with_the_same_trainer_continues_the_counters(tmp_path: Path) -> None:
+    model = TwoNets(generator_every=5)
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    fit.fit_loop.max_epochs = 2
+    fit.fit(model, loader())
+    assert fit.global_step == 20
+    assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}
+
+
+def test_lbfgs_without_closure_is_refused_before_backward(tmp_path: Path) -> None:
+    class NoClosure(TwoNets):
+        def configure_optimizers(self) -> Any:
+            return {"generator": torch.optim.LBFGS(self.generator.parameters())}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            try:
+                self.manual_step("generator", self.losses(batch)[0])
+            finally:
+                self.grads = [p.grad for p in self.generator.parameters()]
+
+    model = NoClosure()
+    with pytest.raises(InvalidStepArgumentError, match=r"LBFGS .* needs a closure.*closure=lambda"):
+        trainer(tmp_path).fit(model, loader())
+    assert model.grads == [None, None]
+
+
+def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
+    class DoubleSteps(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, 1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step(0, sum(self.losses(batch)))
+            self.lr_schedulers().step()  # as stock manual optimization requires, but manualopt steps it already
+
+    with pytest.warns(RuntimeWarning, match="stepped outside manualopt.*Remove your own `scheduler.step\\(\\)`"):
+        trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
