@@ -466,3 +466,51 @@ def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
 
     with pytest.warns(RuntimeWarning, match="stepped outside manualopt.*Remove your own `scheduler.step\\(\\)`"):
         trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
+
+
+def _fp16_plugin() -> Any:
+    try:
+        from lightning.pytorch.plugins.precision import MixedPrecision
+    except ImportError:  # Lightning < 2.2
+        from lightning.pytorch.plugins.precision import MixedPrecisionPlugin as MixedPrecision
+    # a small initial scale, so that only the infinite loss makes the scaler skip
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=256.0))
+
+
+class Fp16(TwoNets):
+    """16-bit AMP with a GradScaler (on CPU): batch 3's loss is infinite, so the scaler skips that update."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.generator.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        return {"generator": {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss = self.losses(batch)[0] * 10
+        if batch_idx == 3:
+            g_loss = g_loss * float("inf")
+        before = torch.cat([p.detach().flatten() for p in self.generator.parameters()])
+        result = self.manual_step("generator", g_loss, gradient_clip_val=1e-3)
+        after = torch.cat([p.detach().flatten() for p in self.generator.parameters()])
+        self.log_ = getattr(self, "log_", [])
+        self.log_.append(
+            (result.stepped, float((after - before).norm()), self.trainer.optimizers[0].param_groups[0]["lr"])
+        )
+
+
+def test_fp16_clips_after_unscaling_and_skipped_steps_do_not_count(tmp_path: Path) -> None:
+    model = Fp16()
+    fit = trainer(tmp_path, max_epochs=1, plugins=[_fp16_plugin()])
+    fit.fit(model, loader())
+    stepped = [s for s, _, _ in model.log_]
+    assert stepped == [True, True, True, False, True, True, True, True, True, True]
+    for did_step, change, rate in model.log_:
+        if did_step:
+            # clipped after unscaling: the update is lr x 1e-3, not 1e-3 / scale (clipping the scaled gradients)
+            assert change == pytest.approx(rate * 1e-3, rel=1e-2)  # float32 rounding of tiny updates
+        else:
+            assert change == 0
+    # the step-interval scheduler halves the rate after each real update only (it steps after training_step)
+    rates = [lr for _, _, lr in model.log_]
+    assert rates == [0.5 ** sum(stepped[:i]) for i in range(10)]
+    assert fit.global_step == sum(stepped) == model.optimizer_updates["generator"]
