@@ -55,7 +55,10 @@ class ManualOptimizationModule(LightningModule):
                 "discriminator": {"optimizer": opt_d, "lr_scheduler": scheduler_d},
             }
 
-    Unnamed optimizers are called ``optimizer_0``, ``optimizer_1``, ... in order.
+    Unnamed optimizers are called ``optimizer_0``, ``optimizer_1``, ... in order. A named entry that is a dictionary
+    may also hold defaults for :meth:`manual_step`: ``accumulate_grad_batches``, ``gradient_clip_val`` and
+    ``gradient_clip_algorithm``. Scheduler configs (``interval``, ``frequency``, ``monitor``, ``strict``) are honoured
+    for optimizers updated with :meth:`manual_step`, as in automatic optimization.
 
     Example:
         >>> import torch
