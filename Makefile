@@ -18,7 +18,8 @@ help: ## List the targets
 demo: $(VENV)/.installed ## Train a two-optimizer GAN on CPU; print global_step, per-optimizer updates, checkpoints
 	$(VENV)/bin/python examples/quickstart_gan.py
 
-test: lint $(VENV)/.installed ## Run ruff, mypy and the test suite (newest supported Lightning)
+test: lint $(VENV)/.installed ## Run ruff, mypy, the docstring examples and the test suite (newest supported Lightning)
+	$(VENV)/bin/python -m pytest --doctest-modules manualopt
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.installed ## ruff (lint and format check) and mypy --strict

@@ -514,3 +514,29 @@ def test_fp16_clips_after_unscaling_and_skipped_steps_do_not_count(tmp_path: Pat
     rates = [lr for _, _, lr in model.log_]
     assert rates == [0.5 ** sum(stepped[:i]) for i in range(10)]
     assert fit.global_step == sum(stepped) == model.optimizer_updates["generator"]
+
+
+def test_optimizing_under_torch_compile(tmp_path: Path) -> None:
+    class Compiled(TwoNets):
+        def __init__(self) -> None:
+            super().__init__()
+            self.critic = torch.compile(self.discriminator, backend="aot_eager")
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            with self.optimizing("generator"):
+                g_loss = self.critic(x * self.generator(x)).mean()
+                self.manual_backward(g_loss)
+                self.critic_grads = [p.grad for p in self.discriminator.parameters()]
+                self.manual_step("generator")
+            d_loss = nn.functional.mse_loss(self.critic(x), -y)  # the same compiled module, trainable again
+            self.d_result = self.manual_step("discriminator", d_loss)
+
+    model = Compiled()
+    before = [p.detach().clone() for p in model.parameters()]
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=3)
+    fit.fit(model, loader())
+    assert model.critic_grads == [None, None]
+    assert model.d_result.stepped
+    assert dict(model.optimizer_updates) == {"generator": 3, "discriminator": 3}
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
