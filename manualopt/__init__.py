@@ -4,6 +4,7 @@ Inherit :class:`ManualOptimizationModule` instead of ``LightningModule`` and ste
 with :meth:`ManualOptimizationModule.manual_step`.
 """
 
+from manualopt.ema import EMA
 from manualopt.errors import (
     InvalidStepArgumentError,
     ManualOptimizationError,
@@ -12,10 +13,12 @@ from manualopt.errors import (
     UnknownOptimizerError,
 )
 from manualopt.module import ManualOptimizationModule, OptimizerKey, StepResult
+from manualopt.schedule import StepSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
     "InvalidStepArgumentError",
     "ManualOptimizationError",
     "ManualOptimizationModule",
@@ -23,6 +26,7 @@ __all__ = [
     "OptimizerKey",
     "StepOutsideTrainingStepError",
     "StepResult",
+    "StepSchedule",
     "UnknownOptimizerError",
     "__version__",
 ]

@@ -16,7 +16,9 @@ from manualopt._guard import check_inside_training_step
 from manualopt._optimizers import attach_optimizers
 from manualopt._schedulers import apply_scheduler_settings, update_schedulers
 from manualopt._state import attached_trainer, state_of
+from manualopt.ema import EMA
 from manualopt.errors import OptimizerConfigurationError
+from manualopt.schedule import StepSchedule
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -55,6 +57,7 @@ class ManualOptimizationCallback(Callback):
         real = [optimizer for optimizer in trainer.optimizers if not _lightning.is_placeholder_optimizer(optimizer)]
         previous = state.last_trainer() if state.last_trainer is not None else None
         attach_optimizers(pl_module, real, continuing=previous is trainer)
+        attach_schedules_and_averages(pl_module, continuing=previous is trainer)
         state.last_trainer = weakref.ref(trainer)
         state.batch_stepped = True
         state.windows.clear()
@@ -91,6 +94,20 @@ class ManualOptimizationCallback(Callback):
         if self._owns(pl_module):
             self._apply_loaded(pl_module)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Swap in the averaged weights of every ``EMA(evaluate_with_average=True)``."""
+        if self._owns(pl_module):
+            for average in _averages(pl_module):
+                if average.evaluate_with_average and not average._swapped:
+                    average._swap()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Swap the trained weights back."""
+        if self._owns(pl_module):
+            for average in _averages(pl_module):
+                if average._swapped:
+                    average._swap()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A new epoch has updated no optimizer yet."""
         if self._owns(pl_module):
@@ -118,6 +135,7 @@ class ManualOptimizationCallback(Callback):
             "optimizer_names": list(state.names),
             "optimizer_updates": dict(state.updates),
             "batch_stepped": state.batch_stepped,
+            "schedules": {attribute: schedule.state_dict() for attribute, schedule in state.schedules.items()},
             "accumulation_windows": {
                 name: [count, state.window_epochs.get(name, -1)] for name, count in state.windows.items() if count
             },
@@ -159,6 +177,32 @@ class ManualOptimizationCallback(Callback):
         # automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
         for name, (count, epoch) in loaded.get("accumulation_windows", {}).items():
             state.windows[name], state.window_epochs[name] = int(count), int(epoch)
+        for attribute, schedule_state in loaded.get("schedules", {}).items():
+            if attribute in state.schedules:
+                state.schedules[attribute].load_state_dict(schedule_state)
+
+
+def _averages(module: pl.LightningModule) -> list[EMA]:
+    return [submodule for submodule in module.modules() if isinstance(submodule, EMA)]
+
+
+def attach_schedules_and_averages(module: pl.LightningModule, continuing: bool) -> None:
+    """Find the module's ``StepSchedule`` attributes and ``EMA`` submodules and check their optimizer names."""
+    state = state_of(module)
+    schedules = {attribute: value for attribute, value in vars(module).items() if isinstance(value, StepSchedule)}
+    for attribute, schedule in schedules.items():
+        schedule.validate(state.names, attribute)
+        if not continuing:
+            schedule.position = 0
+    state.schedules = schedules
+    state.averages = {}
+    for average in _averages(module):
+        if average.optimizer not in state.names:
+            raise OptimizerConfigurationError(
+                f"An EMA follows the optimizer {average.optimizer!r}, which `configure_optimizers` does not return;"
+                f" the optimizers are {state.names}."
+            )
+        state.averages.setdefault(average.optimizer, []).append(average)
 
 
 def _undo(module: pl.LightningModule) -> None:

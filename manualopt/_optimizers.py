@@ -191,5 +191,7 @@ def _make_post_hook(reference: weakref.ref[pl.LightningModule], name: str, own: 
             return  # the base optimizer's step inside its wrapper's step: one update, counted by the wrapper
         state.updates[name] = state.updates.get(name, 0) + 1
         state.stepped_in_call = True
+        for average in state.averages.get(name, ()):
+            average.update()
 
     return post_hook

@@ -44,6 +44,8 @@ class ModuleState:
         stepping: Optimizers whose own ``step`` is in progress (their base optimizer's steps are part of it).
         scheduler_epochs: Each driven scheduler's ``last_epoch`` after manualopt last stepped it, by ``id``.
         last_trainer: The trainer of the previous fit; fitting on with it continues the update counters.
+        schedules: The module's ``StepSchedule`` attributes, by attribute name; found when fit starts.
+        averages: The module's ``EMA`` submodules, by the name of the optimizer that drives them.
     """
 
     names: list[str] = field(default_factory=list)
@@ -70,6 +72,8 @@ class ModuleState:
     stepping: set[str] = field(default_factory=set)
     scheduler_epochs: dict[int, Any] = field(default_factory=dict)
     last_trainer: Any = None
+    schedules: dict[str, Any] = field(default_factory=dict)
+    averages: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def state_of(module: pl.LightningModule) -> ModuleState:

@@ -327,6 +327,8 @@ def _wrap_training_step(function: _F) -> _F:
             state.training_depth = 0
             state.batch_stepped = state.stepped_in_call
             set_global_step(trainer, base + int(state.stepped_in_call))
+            for schedule in state.schedules.values():
+                schedule.position += 1
 
     setattr(training_step, _WRAPPED, True)
     return training_step  # type: ignore[return-value]
