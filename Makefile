@@ -15,8 +15,8 @@ PIP_QUIET ?= -q
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-demo: $(VENV)/.installed ## Train a two-optimizer GAN on CPU; print global_step, per-optimizer updates, checkpoints
-	$(VENV)/bin/python examples/quickstart_gan.py
+demo: $(VENV)/.installed ## Train the DCGAN recipe on CPU (~40 s): checkpoints, sample grids, loss curves, FID
+	$(VENV)/bin/python examples/dcgan_digits.py fit --config examples/configs/dcgan_digits.yaml
 
 test: lint $(VENV)/.installed ## Run ruff, mypy, the docstring examples and the test suite (newest supported Lightning)
 	$(VENV)/bin/python -m pytest --doctest-modules manualopt
@@ -33,7 +33,7 @@ test-oldest: $(OLDEST_VENV)/.installed ## Run the test suite on the oldest suppo
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
-	$(VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_NEWEST)" -e ".[dev]"
+	$(VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_NEWEST)" -e ".[dev,examples]"
 	touch $@
 
 # Lightning 2.1 imports pkg_resources, which setuptools dropped in 70; torch's newer setuptools pin does not matter
@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 $(OLDEST_VENV)/.installed: pyproject.toml Makefile
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
-	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_OLDEST)" -e ".[dev]"
+	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) "lightning==$(LIGHTNING_OLDEST)" -e ".[dev,examples]"
 	$(OLDEST_VENV)/bin/pip install $(PIP_QUIET) "setuptools<70"
 	touch $@
 
