@@ -49,7 +49,8 @@ def test_recipe_fits_checkpoints_and_resumes(tmp_path: Path, recipe: str) -> Non
     resumed = _fit(recipe, _config(recipe, tmp_path, max_epochs=2, **small), "--ckpt_path", "last")
     assert resumed.trainer.global_step == 6
     updates = dict(resumed.model.optimizer_updates)
-    assert updates and all(count == 6 for count in updates.values())
+    assert updates
+    assert all(count == 6 for count in updates.values())
     assert (tmp_path / "loss_curves.png").exists()
 
 
@@ -60,9 +61,8 @@ def test_dcgan_learns(tmp_path: Path) -> None:
     Untrained, the generator's samples sit about 5,000 away from held-out digits (floor 13.6); the trained one ended
     at 38.5 when measured. A 10x fall is far outside seed-to-seed variation and far from the measured value.
     """
-    from digits import digits, frechet_distance
-
     import dcgan_digits
+    from digits import digits, frechet_distance
 
     untrained = dcgan_digits.DCGAN()
     before = frechet_distance(digits("held_out")[0], untrained.sample(untrained.fixed_noise))
