@@ -195,7 +195,8 @@ def plot_curves(
 class RecipeArtifacts(pl.Callback):
     """Writes what a person looks at: a PNG grid of samples per validation, loss curves, and where everything is.
 
-    The module provides ``sample_grid() -> (images, rows)``; the files go to the logger's folder (``trainer.log_dir``).
+    The module provides ``sample_grid() -> (images, rows)`` (digits) or ``draw_samples(path)`` (any picture); the
+    files go to the logger's folder (``trainer.log_dir``).
     """
 
     def __init__(self, losses: tuple[str, ...] = ("d_loss", "g_loss"), metric: str | None = "fid") -> None:
@@ -209,9 +210,12 @@ class RecipeArtifacts(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        images, rows = pl_module.sample_grid()  # type: ignore[operator]
         path = self._folder(trainer) / "samples" / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step}.png"
-        self.grids.append(save_grid(images, path, rows))
+        if hasattr(pl_module, "draw_samples"):
+            self.grids.append(pl_module.draw_samples(path))
+        elif hasattr(pl_module, "sample_grid"):
+            images, rows = pl_module.sample_grid()
+            self.grids.append(save_grid(images, path, rows))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -36,7 +36,7 @@ def _fit(recipe: str, config: Path, *extra: str) -> Any:
     return module.main(["fit", "--config", str(config), *extra])
 
 
-RECIPES = ["dcgan_digits"]
+RECIPES = ["dcgan_digits", "wgan_gp_digits", "cgan_digits"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
