@@ -221,6 +221,8 @@ class RecipeArtifacts(pl.Callback):
         if not trainer.is_global_zero:
             return
         folder = self._folder(trainer)
+        for logger in trainer.loggers:
+            logger.save()
         if self.metric == "fid":
             print(f"fid floor (held-out vs train digits): {frechet_floor():.2f}")
         floor = frechet_floor() if self.metric == "fid" else None
@@ -229,8 +231,9 @@ class RecipeArtifacts(pl.Callback):
         print(f"\ntrainer.global_step: {trainer.global_step}; updates per optimizer: {dict(updates)}")
         for name, value in sorted(trainer.callback_metrics.items()):
             print(f"  {name}: {float(value):.4f}")
-        checkpoints = sorted(p.name for p in Path(trainer.checkpoint_callback.dirpath or folder).glob("*.ckpt"))
-        print(f"checkpoints: {checkpoints}")
+        checkpoint_folder = Path(getattr(trainer.checkpoint_callback, "dirpath", None) or folder)
+        checkpoints = sorted(checkpoint_folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        print(f"checkpoints in {checkpoint_folder}: {', '.join(p.name for p in checkpoints)}")
         if self.grids:
             print(f"sample grids ({len(self.grids)}): last {self.grids[-1]}")
         if curves is not None:

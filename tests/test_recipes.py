@@ -46,12 +46,13 @@ def test_recipe_fits_checkpoints_and_resumes(tmp_path: Path, recipe: str) -> Non
     first = _fit(recipe, _config(recipe, tmp_path, max_epochs=1, **small))
     assert first.trainer.global_step == 3  # one training step per batch, whatever the number of optimizers
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert bool(list((tmp_path / "samples").glob("*.png"))) == (recipe in PICTURES)
+    assert bool(list((tmp_path / "version_0" / "samples").glob("*.png"))) == (recipe in PICTURES)
     resumed = _fit(recipe, _config(recipe, tmp_path, max_epochs=2, **small), "--ckpt_path", "last")
     assert resumed.trainer.global_step == 6
     updates = dict(resumed.model.optimizer_updates)
     assert max(updates.values()) == 6  # every recipe has an optimizer that updates on every batch
-    assert (tmp_path / "loss_curves.png").exists()
+    # each run logs into a new version folder (runs/<recipe>/version_N), pictures and curves included
+    assert (tmp_path / "version_1" / "loss_curves.png").exists()
 
 
 def _untrained_fid(model: Any, *labels: Any) -> float:
