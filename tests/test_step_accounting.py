@@ -189,3 +189,21 @@ def test_early_stopping_stops_on_schedule(tmp_path: Path) -> None:
     fit.fit(model, loader(), loader(2))
     assert fit.current_epoch == 2  # no improvement after epoch 0: epochs 1 and 2 run, then stop
     assert fit.global_step == 20
+
+
+class AccumulatesAcrossValidation(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step("generator", self.losses(batch)[0], accumulate_grad_batches=2)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 1:
+            self.grads_before_batch_1 = [p.grad for p in self.generator.parameters()]
+
+
+def test_validation_after_a_batch_without_step_keeps_its_gradients(tmp_path: Path) -> None:
+    model = AccumulatesAcrossValidation()
+    fit = trainer(tmp_path, max_epochs=1, val_check_interval=1, limit_val_batches=1)
+    fit.fit(model, loader(), loader(2))
+    # batch 0 only accumulated; the validation after it must not zero the window's gradients
+    assert all(grad is not None for grad in model.grads_before_batch_1)
+    assert fit.global_step == 5
