@@ -71,7 +71,7 @@ class ConditionalGAN(ManualOptimizationModule):
         real_score, fake_score = self.discriminator(real, labels), self.discriminator(fake.detach(), labels)
         d_loss = bce(real_score, torch.ones_like(real_score)) + bce(fake_score, torch.zeros_like(fake_score))
         self.manual_step("discriminator", d_loss)
-        with self.optimizing("generator"):
+        with self.toggled_optimizer("generator"):
             score = self.discriminator(fake, labels)
             g_loss = bce(score, torch.ones_like(score))
             self.manual_step("generator", g_loss)

@@ -78,7 +78,7 @@ class DCGAN(ManualOptimizationModule):
         real_score, fake_score = self.discriminator(real), self.discriminator(fake.detach())
         d_loss = bce(real_score, torch.ones_like(real_score)) + bce(fake_score, torch.zeros_like(fake_score))
         self.manual_step("discriminator", d_loss)
-        with self.optimizing("generator"):
+        with self.toggled_optimizer("generator"):
             score = self.discriminator(fake)
             g_loss = bce(score, torch.ones_like(score))
             self.manual_step("generator", g_loss)

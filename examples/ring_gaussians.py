@@ -108,7 +108,7 @@ class RingGAN(ManualOptimizationModule):
         d_loss = discriminator_loss(self.discriminator, real, fake)
         self.manual_step("discriminator", d_loss)
         if batch_idx % self.hparams["generator_every"] == 0:
-            with self.optimizing("generator"):
+            with self.toggled_optimizer("generator"):
                 g_loss = generator_loss(self.discriminator, fake)
                 self.manual_step("generator", g_loss)
             self.log("g_loss", g_loss, prog_bar=True)

@@ -63,7 +63,7 @@ class WGANGP(ManualOptimizationModule):
             self.manual_step("critic", wasserstein + self.hparams["penalty"] * penalty)
             self.log_dict({"critic_loss": wasserstein, "gradient_penalty": penalty}, prog_bar=True)
         if self.schedule.due("generator"):
-            with self.optimizing("generator"):
+            with self.toggled_optimizer("generator"):
                 g_loss = -self.critic(fake).mean()
                 self.manual_step("generator", g_loss)
             self.log("g_loss", g_loss, prog_bar=True)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from manualopt import _lightning, _stepping
 from manualopt._callback import ManualOptimizationCallback, guard_lightning_optimizers, lightning_optimizers
@@ -239,47 +242,42 @@ class ManualOptimizationModule(LightningModule):
             backward_kwargs=dict(backward_kwargs or {}),
         )
 
+    @override
     @contextlib.contextmanager
-    def optimizing(self, *names: str) -> Iterator[None]:
-        """Within the block, only the parameters of the named optimizers require gradients.
+    def toggled_optimizer(self, *optimizers: OptimizerKey) -> Iterator[None]:
+        """Within the block, only the parameters of the given optimizers require gradients.
 
-        Use it around a generator's loss and ``manual_step`` so that back-propagating through the discriminator does
-        not compute gradients for its parameters. Every parameter's ``requires_grad`` is restored exactly on exit,
-        also after an exception; blocks nest. A parameter shared with a named optimizer stays trainable.
+        Lightning's ``toggled_optimizer`` for one or more optimizers, addressed by name, index or object. Use it around
+        a generator's loss and ``manual_step`` so that back-propagating through the discriminator does not compute
+        gradients for its parameters. Every parameter's ``requires_grad`` is restored exactly on exit, also after an
+        exception; blocks nest. A parameter shared with a named optimizer stays trainable, and a parameter frozen by
+        the user stays frozen.
 
         Example::
 
-            with self.optimizing("generator"):
+            with self.toggled_optimizer("generator"):
                 self.manual_step("generator", generator_loss)
 
         Raises:
-            UnknownOptimizerError: A name is not one of this module's optimizers.
+            UnknownOptimizerError: A key is not one of this module's optimizers.
         """
-        state = state_of(self)
-        named = {id(p): p for name in names for group in self._resolve(name)[1].param_groups for p in group["params"]}
-        others = {
-            id(p): p
-            for optimizer in state.optimizers
-            for group in optimizer.param_groups
-            for p in group["params"]
-            if id(p) not in named
-        }
-        freeze = [p for p in others.values() if p.requires_grad]
-        # a named parameter frozen by an enclosing block (not by the user) is trainable again inside this one
-        thaw = [p for key, p in named.items() if not p.requires_grad and state.frozen.get(key, 0)]
-        for parameter in freeze:
-            parameter.requires_grad_(False)
-            state.frozen[id(parameter)] = state.frozen.get(id(parameter), 0) + 1
-        for parameter in thaw:
-            parameter.requires_grad_(True)
+        thaw, freeze = _toggle(self, optimizers)
         try:
             yield
         finally:
-            for parameter in thaw:
-                parameter.requires_grad_(False)
-            for parameter in freeze:
-                parameter.requires_grad_(True)
-                state.frozen[id(parameter)] -= 1
+            _untoggle(self, thaw, freeze)
+
+    @contextlib.contextmanager
+    def optimizing(self, *names: str) -> Iterator[None]:
+        """Deprecated alias of :meth:`toggled_optimizer`, kept until 0.3."""
+        warnings.warn(
+            "`optimizing(...)` is deprecated and will be removed in manualopt 0.3; use"
+            " `self.toggled_optimizer(...)`, which takes the same names.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        with self.toggled_optimizer(*names):
+            yield
 
     def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
         # Where the call comes from is checked first: outside training_step that is the error to report.
@@ -302,6 +300,41 @@ class ManualOptimizationModule(LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Called before an optimizer steps, gradients unscaled. ``manual_step``'s clipping runs right after it."""
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _toggle(
+    module: ManualOptimizationModule, optimizers: tuple[OptimizerKey, ...]
+) -> tuple[list[Tensor], list[Tensor]]:
+    # Kept out of torch.compile graphs, like Lightning's own toggling: requires_grad flips are not traceable.
+    state = state_of(module)
+    named = {id(p): p for key in optimizers for group in module._resolve(key)[1].param_groups for p in group["params"]}
+    others = {
+        id(p): p
+        for optimizer in state.optimizers
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) not in named
+    }
+    freeze = [p for p in others.values() if p.requires_grad]
+    # a named parameter frozen by an enclosing block (not by the user) is trainable again inside this one
+    thaw = [p for key, p in named.items() if not p.requires_grad and state.frozen.get(key, 0)]
+    for parameter in freeze:
+        parameter.requires_grad_(False)
+        state.frozen[id(parameter)] = state.frozen.get(id(parameter), 0) + 1
+    for parameter in thaw:
+        parameter.requires_grad_(True)
+    return thaw, freeze
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _untoggle(module: ManualOptimizationModule, thaw: list[Tensor], freeze: list[Tensor]) -> None:
+    state = state_of(module)
+    for parameter in thaw:
+        parameter.requires_grad_(False)
+    for parameter in freeze:
+        parameter.requires_grad_(True)
+        state.frozen[id(parameter)] -= 1
 
 
 def _wrap_training_step(function: _F) -> _F:

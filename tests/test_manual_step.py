@@ -228,8 +228,8 @@ def test_closures_lbfgs_and_two_pass_sam(tmp_path: Path) -> None:
 class Toggling(TwoNets):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, _ = batch
-        with self.optimizing("generator"):
-            with self.optimizing("generator", "discriminator"):  # nested: the inner block may widen it
+        with self.toggled_optimizer("generator"):
+            with self.toggled_optimizer("generator", "discriminator"):  # nested: the inner block may widen it
                 self.inner = [p.requires_grad for p in self.discriminator.parameters()]
             self.outer = [p.requires_grad for p in self.discriminator.parameters()]
             g_loss = self.discriminator(x * self.generator(x)).mean()
@@ -252,9 +252,9 @@ def test_optimizing_freezes_the_other_optimizers(tmp_path: Path) -> None:
 def test_optimizing_restores_after_an_error_and_refuses_unknown_names(tmp_path: Path) -> None:
     class Fails(TwoNets):
         def training_step(self, batch: Any, batch_idx: int) -> None:
-            with pytest.raises(UnknownOptimizerError, match="'critic'"), self.optimizing("critic"):
+            with pytest.raises(UnknownOptimizerError, match="'critic'"), self.toggled_optimizer("critic"):
                 pass
-            with pytest.raises(ZeroDivisionError), self.optimizing("generator"):
+            with pytest.raises(ZeroDivisionError), self.toggled_optimizer("generator"):
                 raise ZeroDivisionError
             self.flags = [p.requires_grad for p in self.parameters()]
             super().training_step(batch, batch_idx)
@@ -329,7 +329,7 @@ def test_a_step_shared_module_keeps_requires_grad_of_frozen_parameters(tmp_path:
             self.discriminator.bias.requires_grad_(False)
 
         def training_step(self, batch: Any, batch_idx: int) -> None:
-            with self.optimizing("generator"):
+            with self.toggled_optimizer("generator"):
                 pass
             self.bias_flag = self.discriminator.bias.requires_grad
             super().training_step(batch, batch_idx)
@@ -524,7 +524,7 @@ def test_optimizing_under_torch_compile(tmp_path: Path) -> None:
 
         def training_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
-            with self.optimizing("generator"):
+            with self.toggled_optimizer("generator"):
                 g_loss = self.critic(x * self.generator(x)).mean()
                 self.manual_backward(g_loss)
                 self.critic_grads = [p.grad for p in self.discriminator.parameters()]
