@@ -6,22 +6,29 @@ with :meth:`ManualOptimizationModule.manual_step`.
 
 from manualopt.ema import EMA
 from manualopt.errors import (
+    InvalidArgumentError,
     InvalidStepArgumentError,
+    ManualOptimizationDeprecationWarning,
     ManualOptimizationError,
+    ManualOptimizationWarning,
     OptimizerConfigurationError,
     StepOutsideTrainingStepError,
     UnknownOptimizerError,
 )
-from manualopt.module import ManualOptimizationModule, OptimizerKey, StepResult
+from manualopt.module import ManualOptimizationModule
 from manualopt.schedule import StepSchedule
+from manualopt.types import OptimizerKey, StepResult
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "EMA",
+    "InvalidArgumentError",
     "InvalidStepArgumentError",
+    "ManualOptimizationDeprecationWarning",
     "ManualOptimizationError",
     "ManualOptimizationModule",
+    "ManualOptimizationWarning",
     "OptimizerConfigurationError",
     "OptimizerKey",
     "StepOutsideTrainingStepError",

@@ -1,32 +1,35 @@
-"""The rule "optimizer steps and backward passes happen inside ``training_step``", and its error messages."""
+"""The rule "optimizer steps and backward passes happen inside ``training_step``": where code runs, and the refusal."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TYPE_CHECKING, NoReturn
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from manualopt._lightning import current_hook_name
-from manualopt._state import attached_trainer, state_of
 from manualopt.errors import StepOutsideTrainingStepError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from torch.optim import Optimizer
 
-__all__ = ["check_inside_training_step", "inside_training_step", "refuse", "where"]
-
-
-def inside_training_step(module: pl.LightningModule) -> bool:
-    """Whether the code runs within Lightning's own ``training_step`` call of a running ``Trainer.fit``."""
-    if state_of(module).training_depth == 0:
-        return False
-    trainer = attached_trainer(module)
-    return trainer is not None and trainer.training
-
+__all__ = ["attached_trainer", "refuse", "refusing_steps_of", "where"]
 
 _OUTSIDE_FIT = "outside a running `Trainer.fit` (no Trainer is running this module)"
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The trainer the module is attached to, or None."""
+    try:
+        return module.trainer
+    except RuntimeError:  # "not attached to a Trainer"
+        return None
 
 
 def where(module: pl.LightningModule) -> str:
@@ -51,21 +54,15 @@ def where(module: pl.LightningModule) -> str:
     return f"in `{type(module).__name__}.{hook}`{during}"
 
 
-def check_inside_training_step(module: pl.LightningModule, action: str, optimizer_name: str | None) -> None:
-    """Raise :class:`StepOutsideTrainingStepError` unless the code runs inside ``training_step``.
+def refuse(module: pl.LightningModule, action: str, optimizer_name: str | None, names: Sequence[str] = ()) -> NoReturn:
+    """Raise :class:`StepOutsideTrainingStepError` for ``action``, naming where it ran and the fix.
 
     Args:
-        module: The module whose optimizer is about to step or whose loss is about to be back-propagated.
-        action: What was attempted, as the message should show it (e.g. "manual_step('generator')").
-        optimizer_name: The optimizer involved, if any; used in the suggested fix.
+        module: The module whose optimizer was about to step or whose loss was about to be back-propagated.
+        action: What was attempted, as the message shows it (e.g. "`manual_step('generator')`").
+        optimizer_name: The optimizer involved, if known; used in the suggested fix.
+        names: The module's optimizer names, for the fix when ``optimizer_name`` is unknown.
     """
-    if inside_training_step(module):
-        return
-    refuse(module, action, optimizer_name)
-
-
-def refuse(module: pl.LightningModule, action: str, optimizer_name: str | None) -> NoReturn:
-    names = state_of(module).names
     example_name = optimizer_name or (names[0] if names else "optimizer_0")
     place = where(module)
     if place != _OUTSIDE_FIT:
@@ -80,3 +77,26 @@ def refuse(module: pl.LightningModule, action: str, optimizer_name: str | None) 
         "        loss = ...\n"
         f"        self.manual_step({example_name!r}, loss)"
     )
+
+
+@contextlib.contextmanager
+def refusing_steps_of(module: pl.LightningModule) -> Iterator[None]:
+    """Within the block, refuse steps of any optimizer holding the module's parameters, in this thread only.
+
+    Used around ``configure_optimizers``: an optimizer created there and stepped right away would change the weights
+    before the fit counts anything. Steps in other threads, and of optimizers of other modules, are left alone.
+    """
+    thread = threading.get_ident()
+    parameters = {id(parameter) for parameter in module.parameters()}
+
+    def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if threading.get_ident() != thread:
+            return
+        if any(id(p) in parameters for group in optimizer.param_groups for p in group["params"]):
+            refuse(module, f"`{type(optimizer).__name__}.step()`", None)
+
+    handle = register_optimizer_step_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,43 +1,89 @@
 """Every contact manualopt has with Lightning's private internals, and nothing else.
 
-No public hook lets a module say "this batch made one training step" or keep ``ModelCheckpoint`` on its documented
-path, so the few places below reach into Lightning. Each touch states why it is needed. All of them were read in
-Lightning 2.1.0 and 2.6.6, the oldest and newest supported releases (CI runs the test suite on both; it also passed
-on 2.2.5, 2.3.3, 2.4.0, 2.5.0 and 2.5.6). ``tests/test_lightning_internals.py`` pins each touch, so a release that
-moves one of them fails loudly instead of silently miscounting.
+No public hook lets a module say "this batch made one training step", keep ``ModelCheckpoint`` on its documented
+path, or have schedulers stepped in manual optimization, so the touches below reach into Lightning. Each says why it is
+needed, which upstream issue it answers, and when it can go. All were read in Lightning 2.1.0 and 2.6.6, the oldest
+and newest supported releases; CI runs the test suite on both, and ``tests/test_lightning_internals.py`` pins each
+touch, so a release that moves one fails loudly instead of silently miscounting.
+
+Every patch is set on one object (a loop, a connector, an optimizer wrapper or a callback instance), never on a class,
+and is undone by the function it returns: the undo puts back exactly what was there before (an instance attribute of
+someone else's included), unless someone else replaced the patch meanwhile, in which case theirs stays.
 
 No other module of manualopt imports a private Lightning name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.core.optimizer import LightningOptimizer, _MockOptimizer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import (
+    LightningOptimizer,
+    _configure_optimizers,
+    _configure_schedulers_automatic_opt,
+)
 from lightning.pytorch.trainer.call import _call_lightning_module_hook
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+    from torch.optim import Optimizer
 
 __all__ = [
-    "call_module_hook",
+    "Undo",
+    "automatic_view",
     "current_hook_name",
+    "global_step",
     "global_step_snapshot",
     "install_scheduler_driver",
     "install_step_gate",
     "is_last_batch",
-    "is_placeholder_optimizer",
+    "move_callback_first",
+    "no_backward_sync",
+    "parse_optimizer_config",
     "restore_global_step",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
-    "unroute_checkpoint",
+    "step_scheduler",
     "wrap_lightning_optimizer_step",
 ]
 
-_MARK = "__manualopt_patch__"
+#: Removes one patch; calling it twice does nothing more.
+Undo = Callable[[], None]
+
+_MISSING = object()
+_KEY = "__manualopt_key__"
+
+
+def _patch(owner: object, name: str, value: Any, key: object) -> Undo:
+    """Set ``owner.name = value`` on this instance; return the function that puts back what was there.
+
+    ``key`` identifies who patches (manualopt's per-fit session): patching twice with one key keeps the first patch.
+    """
+    current = vars(owner).get(name, _MISSING)
+    if current is not _MISSING and getattr(current, _KEY, None) is key:
+        return lambda: None
+    setattr(value, _KEY, key)
+    setattr(owner, name, value)
+
+    def undo() -> None:
+        if vars(owner).get(name, _MISSING) is not value:
+            return  # already undone, or someone else's patch replaced ours: theirs stays
+        if current is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, current)
+
+    return undo
+
+
+# ---------------------------------------------------------------------------------------------------------- hooks
 
 
 def current_hook_name(module: pl.LightningModule) -> str | None:
@@ -46,65 +92,73 @@ def current_hook_name(module: pl.LightningModule) -> str | None:
     Why: Lightning sets ``LightningModule._current_fx_name`` around every module, callback and strategy hook it calls
     (``trainer/call.py``); it is the only record of which hook is running. manualopt uses it to tell Lightning's own
     ``training_step`` call apart from a user calling ``self.training_step`` from elsewhere, and to name the hook in
-    error messages.
+    error messages. It can go when Lightning exposes the running hook publicly.
     """
     name = getattr(module, "_current_fx_name", None)
     return name if isinstance(name, str) else None
 
 
+# ---------------------------------------------------------------------------------------------------------- global step
+
+
 def _manual_progress(trainer: pl.Trainer) -> Any:
     # Why: in manual optimization ``trainer.global_step`` is read from this tracker
-    # (``_TrainingEpochLoop.global_step``); Lightning adds one per ``LightningOptimizer.step`` call. It is also saved in
-    # and restored from the ``loops`` entry of every checkpoint, so keeping the training-step count here is what makes
-    # ``max_steps``, ``ModelCheckpoint`` and resume agree with manualopt.
+    # (``_TrainingEpochLoop.global_step``); Lightning adds one per ``LightningOptimizer.step`` call, so two optimizers
+    # count two steps per batch (Lightning-AI/pytorch-lightning#17958, open; the fix PR #19589 is stalled). The tracker
+    # is also saved in and restored from the ``loops`` entry of every checkpoint, so keeping the training-step count
+    # here is what makes ``max_steps``, ``ModelCheckpoint`` and resume agree with manualopt. This can go when Lightning
+    # counts one step per ``training_step`` in manual optimization.
     return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+
+
+def global_step(trainer: pl.Trainer) -> int:
+    """``trainer.global_step`` in manual optimization, read directly from the tracker."""
+    return int(_manual_progress(trainer).total.completed)
 
 
 def global_step_snapshot(trainer: pl.Trainer) -> tuple[int, int, int, int]:
     """The manual-optimization step tracker as a tuple, to be put back by :func:`restore_global_step`."""
     progress = _manual_progress(trainer)
-    return (
-        progress.total.ready,
-        progress.total.completed,
-        progress.current.ready,
-        progress.current.completed,
-    )
+    total, current = progress.total, progress.current
+    return total.ready, total.completed, current.ready, current.completed
 
 
 def restore_global_step(trainer: pl.Trainer, snapshot: tuple[int, int, int, int]) -> None:
     """Undo what Lightning added to the step tracker since ``snapshot`` was taken."""
     progress = _manual_progress(trainer)
-    progress.total.ready, progress.total.completed, progress.current.ready, progress.current.completed = snapshot
+    total, current = progress.total, progress.current
+    total.ready, total.completed, current.ready, current.completed = snapshot
 
 
 def set_global_step(trainer: pl.Trainer, value: int) -> None:
     """Make ``trainer.global_step`` read ``value`` (the number of training steps done)."""
     progress = _manual_progress(trainer)
-    delta = value - progress.total.completed
-    progress.total.ready = progress.total.completed = value
-    progress.current.completed += delta
-    progress.current.ready = progress.current.completed
+    total, current = progress.total, progress.current
+    delta = value - total.completed
+    total.ready = total.completed = value
+    current.completed += delta
+    current.ready = current.completed
 
 
-def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool]) -> Callable[[], None]:
+def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool], key: object) -> Undo:
     """Treat a batch whose ``training_step`` stepped no optimizer like an accumulation batch.
 
     Why: in manual optimization Lightning advances the logger's step counter (``_batches_that_stepped``) after every
     batch, writes the training metrics of every batch (re-writing stale values after a batch that logged nothing),
-    and zeroes all gradients before a mid-epoch validation. In automatic optimization all three happen only on
-    batches that stepped: ``_TrainingEpochLoop._should_accumulate`` decides, and
+    zeroes all gradients before a mid-epoch validation, and counts a resumed batch as stepped. In automatic
+    optimization all of this happens only on batches that stepped: ``_TrainingEpochLoop._should_accumulate`` decides
+    (the loop, the ``on_validation_model_zero_grad`` call and ``ThroughputMonitor`` all ask it), and
     ``_LoggerConnector.update_train_step_metrics`` returns early on accumulating batches. Answering the question per
-    batch, and skipping the metric write the same way, makes the logger's step axis count training steps and keeps
-    gradients a user is accumulating across batches. Both methods are replaced on these instances only; the returned
-    function removes the replacements.
+    batch, and skipping the metric write the same way, makes the logger's step axis count training steps. No public
+    hook moves the logger's step axis. This can go with #17958.
 
     Returns:
-        A function that removes the gate.
+        The function that removes the gate.
     """
     epoch_loop = trainer.fit_loop.epoch_loop
     logger_connector = trainer._logger_connector
-    should_accumulate = type(epoch_loop)._should_accumulate.__get__(epoch_loop)
-    update_train_step_metrics = type(logger_connector).update_train_step_metrics.__get__(logger_connector)
+    should_accumulate = epoch_loop._should_accumulate
+    update_train_step_metrics = logger_connector.update_train_step_metrics
 
     def _should_accumulate() -> bool:
         return batch_made_no_step() or should_accumulate()
@@ -113,95 +167,43 @@ def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool
         if not batch_made_no_step():
             update_train_step_metrics()
 
-    patches = {
-        (epoch_loop, "_should_accumulate"): _should_accumulate,
-        (logger_connector, "update_train_step_metrics"): _update_train_step_metrics,
-    }
-    for (owner, name), function in patches.items():
-        setattr(function, _MARK, True)
-        setattr(owner, name, function)
+    undo_gate = _patch(epoch_loop, "_should_accumulate", _should_accumulate, key)
+    undo_metrics = _patch(logger_connector, "update_train_step_metrics", _update_train_step_metrics, key)
 
-    def remove() -> None:
-        for owner, name in patches:
-            if getattr(vars(owner).get(name), _MARK, False):
-                delattr(owner, name)
+    def undo() -> None:
+        undo_metrics()
+        undo_gate()
 
-    return remove
+    return undo
 
 
 def wrap_lightning_optimizer_step(
-    optimizer: LightningOptimizer, trainer: pl.Trainer, before: Callable[[], None]
-) -> None:
+    optimizer: LightningOptimizer, trainer: pl.Trainer, before: Callable[[], None], key: object
+) -> Undo:
     """Run ``before`` first in every ``optimizer.step`` call, and keep Lightning's step tracker out of the count.
 
     Why: ``LightningOptimizer.step`` runs the precision plugin, which under 16-bit AMP runs the closure, calls
     ``on_before_optimizer_step`` and unscales the gradients *before* the torch optimizer's own step hooks fire. A step
     refused only there would leave the GradScaler's per-optimizer state half-updated, so the refusal must come first.
-    Lightning also bumps ``trainer.global_step`` on every such call; manualopt counts training steps instead, so the
-    tracker is put back after the call (the training step is counted once ``training_step`` returns). The wrapper is
-    set on this instance only and is idempotent.
-    """
-    current = optimizer.__dict__.get("step")
-    if current is not None and getattr(current, _MARK, False):
-        return
-    original = type(optimizer).step.__get__(optimizer)
+    Lightning also bumps ``trainer.global_step`` on every such call (through ``_on_before_step``/``_on_after_step``,
+    set by the manual-optimization loop; #17958); manualopt counts training steps instead, so the tracker is put back
+    after the call, and ``global_step`` does not move inside ``training_step``, as in automatic optimization.
 
-    @functools.wraps(original)
+    Returns:
+        The function that removes the wrapper.
+    """
+    inner = optimizer.step
+
+    @functools.wraps(inner)
     def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         before()
         snapshot = global_step_snapshot(trainer)
         try:
-            return original(closure, **kwargs)
+            return inner(closure, **kwargs)
         finally:
             restore_global_step(trainer, snapshot)
 
-    setattr(step, _MARK, True)
-    optimizer.step = step  # type: ignore[method-assign]
-
-
-class _AutomaticView:
-    """The module as ``ModelCheckpoint`` should see it: with ``automatic_optimization`` reading True."""
-
-    automatic_optimization = True
-
-    def __init__(self, module: pl.LightningModule) -> None:
-        object.__setattr__(self, "_module", module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(object.__getattribute__(self, "_module"), name)
-
-
-def route_checkpoint_through_automatic_path(
-    callback: ModelCheckpoint, applies: Callable[[pl.LightningModule], bool]
-) -> None:
-    """Make ``callback.on_train_batch_end`` take its automatic-optimization path for modules where ``applies``.
-
-    Why: from 2.6.0 ``ModelCheckpoint.on_train_batch_end`` has a branch for ``automatic_optimization=False`` that
-    ignores ``train_time_interval``, warns about a "pre-optimization state" and, when the module has ``layer`` and
-    ``saved_models`` attributes, writes old weights next to new optimizer state. With manualopt a batch ends after a
-    complete training step, exactly as in automatic optimization, so that path is the right one. The automatic path
-    does not read the module; the view only changes how ``automatic_optimization`` reads. On releases before 2.6 the
-    method has no such branch and the view changes nothing. Set on this instance only; :func:`unroute_checkpoint`
-    removes it.
-    """
-    current = callback.__dict__.get("on_train_batch_end")
-    if current is not None and getattr(current, _MARK, False):
-        return
-    original = type(callback).on_train_batch_end.__get__(callback)
-
-    @functools.wraps(original)
-    def on_train_batch_end(trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        seen = _AutomaticView(pl_module) if applies(pl_module) else pl_module
-        original(trainer, seen, *args, **kwargs)
-
-    setattr(on_train_batch_end, _MARK, True)
-    callback.on_train_batch_end = on_train_batch_end  # type: ignore[method-assign]
-
-
-def unroute_checkpoint(callback: ModelCheckpoint) -> None:
-    """Remove what :func:`route_checkpoint_through_automatic_path` set on ``callback``."""
-    if getattr(callback.__dict__.get("on_train_batch_end"), _MARK, False):
-        del callback.on_train_batch_end
+    return _patch(optimizer, "step", step, key)
 
 
 def is_last_batch(trainer: pl.Trainer) -> bool:
@@ -209,27 +211,139 @@ def is_last_batch(trainer: pl.Trainer) -> bool:
 
     Why: automatic optimization closes an accumulation window on the epoch's last batch, which
     ``_TrainingEpochLoop._num_ready_batches_reached`` decides (it also covers iterable datasets of unknown length,
-    through the data fetcher's look-ahead). ``manual_step`` closes its windows at the same batch.
+    through the data fetcher's look-ahead). ``manual_step`` closes its windows at the same batch. It can go when
+    Lightning exposes "last batch" publicly.
     """
     return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
 
 
+# ---------------------------------------------------------------------------------------------------------- checkpoints
+
+_VIEW_CLASSES: dict[type, type] = {}
+# The Callback hooks that receive the module (all of them but ``state_dict`` and ``load_state_dict``).
+_MODULE_HOOKS = tuple(
+    name
+    for name, function in vars(Callback).items()
+    if callable(function)
+    and not name.startswith("_")
+    and list(inspect.signature(function).parameters)[1:3] == ["trainer", "pl_module"]
+)
+
+
+def automatic_view(module: pl.LightningModule) -> pl.LightningModule:
+    """The module as ``ModelCheckpoint`` should see it: the same object in all but ``automatic_optimization=True``.
+
+    The view is an instance of a subclass of the module's class that shares the module's ``__dict__`` (parameters,
+    submodules, attributes), so ``isinstance`` checks and attribute reads and writes behave as on the module itself.
+    """
+    cls = type(module)
+    view_class = _VIEW_CLASSES.get(cls)
+    if view_class is None:
+        namespace = {"automatic_optimization": True, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        view_class = _VIEW_CLASSES[cls] = type(cls.__name__, (cls,), namespace)
+    view: pl.LightningModule = object.__new__(view_class)
+    object.__setattr__(view, "__dict__", module.__dict__)
+    return view
+
+
+def route_checkpoint_through_automatic_path(
+    callback: Callback, applies: Callable[[pl.LightningModule], bool], key: object
+) -> Undo:
+    """Make each hook of ``callback`` that receives the module see :func:`automatic_view` of modules where ``applies``.
+
+    Why: from 2.6.0 ``ModelCheckpoint.on_train_batch_end`` has a branch for ``automatic_optimization=False``
+    (PR #21239, for #20947) that ignores ``train_time_interval``, warns about a "pre-optimization state" and, when the
+    module has ``layer`` and ``saved_models`` attributes, writes old weights next to new optimizer state; the open
+    PR #21843 (for #21842, milestone 2.7) adds the same branch to ``on_validation_end``. With manualopt a batch ends
+    after a complete training step, exactly as in automatic optimization, so that path is the right one. Every hook
+    the callback's class defines is routed, so a branch added to another hook takes the same path. Releases before 2.6
+    have no such branch and the view changes nothing there. This can go when ``ModelCheckpoint`` asks the module
+    whether a training step ended rather than ``automatic_optimization``.
+
+    Returns:
+        The function that removes the routing.
+    """
+    undos: list[Undo] = []
+    for name in _MODULE_HOOKS:
+        if getattr(type(callback), name, None) is getattr(Callback, name):
+            continue  # not defined by the callback's class: nothing to route
+        inner = getattr(callback, name)
+
+        def hook(
+            trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, _inner: Any = inner, **kwargs: Any
+        ) -> Any:
+            seen = automatic_view(pl_module) if applies(pl_module) else pl_module
+            return _inner(trainer, seen, *args, **kwargs)
+
+        functools.update_wrapper(hook, inner)
+        undos.append(_patch(callback, name, hook, key))
+
+    def undo() -> None:
+        for function in reversed(undos):
+            function()
+
+    return undo
+
+
+def move_callback_first(trainer: pl.Trainer, callback: Callback) -> None:
+    """Put ``callback`` first in the Trainer's callback list, so its hooks run before any other callback's.
+
+    Why: Lightning appends the callbacks of ``configure_callbacks`` after the Trainer's own, but manualopt's step
+    guards and counters must be in place before another callback's ``on_fit_start`` or ``on_train_batch_start``
+    runs. ``trainer.callbacks`` is a plain list that Lightning reads at every hook call.
+    """
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    if callback in callbacks and callbacks[0] is not callback:
+        callbacks.remove(callback)
+        callbacks.insert(0, callback)
+
+
+def no_backward_sync(trainer: pl.Trainer) -> contextlib.AbstractContextManager[Any]:
+    """A context in which a parallel strategy (DDP) skips the gradient all-reduce of backward passes.
+
+    Why: automatic optimization skips it on batches that only accumulate, through the strategy's
+    ``block_backward_sync``; ``manual_step`` does the same while its accumulation window stays open.
+    """
+    block = getattr(trainer.strategy, "block_backward_sync", None)
+    return block() if block is not None else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------- schedulers
+
+
+def parse_optimizer_config(config: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    """Read a ``configure_optimizers`` result with Lightning's own parser, as automatic optimization reads it.
+
+    Why: in manual optimization Lightning keeps ``interval`` and ``frequency`` of a scheduler config but drops
+    ``monitor``, ``strict`` and ``reduce_on_plateau`` with a warning, and never steps a scheduler (#6379; users asked
+    for the automatic behaviour in #12284). manualopt steps them as automatic optimization does, so it parses the
+    configuration with automatic optimization's functions, including their validation (a ``ReduceLROnPlateau`` without
+    a ``monitor`` is refused here, before the fit starts). This can go when Lightning steps schedulers in manual
+    optimization.
+
+    Raises:
+        MisconfigurationException: Lightning refuses the configuration.
+    """
+    optimizers, schedulers, monitor = _configure_optimizers(config)
+    return list(optimizers), _configure_schedulers_automatic_opt(schedulers, monitor)
+
+
 def install_scheduler_driver(
-    trainer: pl.Trainer, applies: Callable[[], bool], update: Callable[[str, bool, int], None]
-) -> Callable[[], None]:
+    trainer: pl.Trainer, applies: Callable[[], bool], update: Callable[[str, bool, int], None], key: object
+) -> Undo:
     """Run ``update(interval, plateau, batch_idx)`` wherever automatic optimization updates learning rates.
 
     Why: Lightning calls ``_TrainingEpochLoop._update_learning_rates`` at the exact points where automatic
     optimization steps schedulers (after a stepping batch, after validation, after the epoch's last batch and after
-    ``on_train_epoch_end``), and the method returns at once in manual optimization. Replacing it on this loop
-    instance, while ``applies()``, steps the schedulers of ``manual_step`` optimizers at those same points. The
-    returned function removes the replacement.
+    ``on_train_epoch_end``), and the method returns at once in manual optimization (#6379). Replacing it on this loop
+    instance, while ``applies()``, steps the schedulers of ``manual_step`` optimizers at those same points. It can go
+    with :func:`parse_optimizer_config`.
 
     Returns:
-        A function that removes the driver.
+        The function that removes the driver.
     """
     epoch_loop = trainer.fit_loop.epoch_loop
-    original = type(epoch_loop)._update_learning_rates.__get__(epoch_loop)
+    original = epoch_loop._update_learning_rates
 
     def _update_learning_rates(interval: str, update_plateau_schedulers: bool) -> None:
         if applies():
@@ -237,29 +351,27 @@ def install_scheduler_driver(
         else:
             original(interval, update_plateau_schedulers)
 
-    setattr(_update_learning_rates, _MARK, True)
-    epoch_loop._update_learning_rates = _update_learning_rates  # type: ignore[method-assign]
-
-    def remove() -> None:
-        if getattr(vars(epoch_loop).get("_update_learning_rates"), _MARK, False):
-            del epoch_loop._update_learning_rates
-
-    return remove
+    return _patch(epoch_loop, "_update_learning_rates", _update_learning_rates, key)
 
 
-def is_placeholder_optimizer(optimizer: object) -> bool:
-    """Whether ``optimizer`` is the stand-in Lightning uses when ``configure_optimizers`` returns None.
+def step_scheduler(trainer: pl.Trainer, scheduler: Any, metric: Any) -> None:
+    """Step ``scheduler`` exactly as automatic optimization does.
 
-    Why: Lightning then fills ``trainer.optimizers`` with a ``_MockOptimizer`` whose steps do nothing; counting them
-    would call batches training steps although no parameter changed.
+    Why: automatic optimization counts the step in ``_TrainingEpochLoop.scheduler_progress`` (saved in the ``loops``
+    entry of every checkpoint) and calls the ``lr_scheduler_step`` hook through ``trainer/call.py``, which records the
+    hook for ``self.log`` and the profiler; doing the same keeps checkpoints and a user's override of the hook
+    identical to automatic optimization's. It can go with :func:`parse_optimizer_config`.
     """
-    return isinstance(optimizer, _MockOptimizer)
+    progress = trainer.fit_loop.epoch_loop.scheduler_progress
+    progress.increment_ready()
+    _call_lightning_module_hook(trainer, "lr_scheduler_step", scheduler, metric)
+    progress.increment_completed()
 
 
-def call_module_hook(trainer: pl.Trainer, hook: str, *args: Any) -> Any:
-    """Call a LightningModule hook the way Lightning calls it (profiler, ``_current_fx_name`` for ``self.log``).
-
-    Why: automatic optimization calls ``lr_scheduler_step`` through ``trainer/call.py``; calling it the same way keeps
-    a user's override (and anything it logs) behaving identically.
-    """
-    return _call_lightning_module_hook(trainer, hook, *args)
+@contextlib.contextmanager
+def configuration_errors_as(error: Callable[[str], Exception]) -> Iterator[None]:
+    """Re-raise Lightning's ``MisconfigurationException`` from the block as ``error(message)``."""
+    try:
+        yield
+    except MisconfigurationException as exception:
+        raise error(str(exception)) from exception

@@ -1,27 +1,201 @@
-"""Named optimizers: reading ``configure_optimizers``, naming optimizers, and counting their updates."""
+"""Named optimizers: reading ``configure_optimizers``, per-optimizer step options, and one record per optimizer."""
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Iterator, Mapping
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torch.optim import Optimizer
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim import Optimizer as TorchOptimizer
 
-from manualopt._guard import check_inside_training_step, refuse
-from manualopt._state import state_of
-from manualopt._stepping import STEP_OPTIONS, validate_options
-from manualopt.errors import OptimizerConfigurationError
+from manualopt import _lightning
+from manualopt.errors import InvalidStepArgumentError, OptimizerConfigurationError
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+    from torch.optim import Optimizer
 
-__all__ = ["attach_optimizers", "default_name", "normalize_optimizer_config", "refuse_steps"]
+    from manualopt.ema import EMA
 
+__all__ = ["STEP_OPTIONS", "Configured", "OptimizerRecord", "StepOptions", "Window", "configure", "default_name"]
+
+#: The ``manual_step`` keywords that can also be set per optimizer in ``configure_optimizers``.
+STEP_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
 # Keys of Lightning's own single-optimizer dictionary; a mapping holding "optimizer" is that form, not names.
 _LIGHTNING_KEYS = frozenset({"optimizer", "lr_scheduler", "monitor"})
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Validated ``manual_step`` options of one optimizer: how many micro-batches an update sums, and clipping."""
+
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+
+    @property
+    def clips(self) -> bool:
+        """Whether gradients are clipped (a clip value of None or 0 does not clip)."""
+        return bool(self.gradient_clip_val)
+
+    @classmethod
+    def validated(
+        cls, accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any, where: str
+    ) -> StepOptions:
+        """Check the options as the Trainer checks its arguments of the same names.
+
+        Raises:
+            InvalidStepArgumentError: An option has a wrong type or value; the message names ``where``.
+        """
+        if (
+            isinstance(accumulate_grad_batches, bool)
+            or not isinstance(accumulate_grad_batches, int)
+            or accumulate_grad_batches < 1
+        ):
+            raise InvalidStepArgumentError(
+                f"{where}: accumulate_grad_batches must be a positive integer, not {accumulate_grad_batches!r}."
+            )
+        if gradient_clip_val is not None and (
+            isinstance(gradient_clip_val, bool)
+            or not isinstance(gradient_clip_val, numbers.Real)
+            or not math.isfinite(gradient_clip_val)
+            or gradient_clip_val < 0
+        ):
+            raise InvalidStepArgumentError(
+                f"{where}: gradient_clip_val must be a finite non-negative number or None, not {gradient_clip_val!r}."
+            )
+        if gradient_clip_algorithm is not None and gradient_clip_algorithm not in ("norm", "value"):
+            raise InvalidStepArgumentError(
+                f"{where}: gradient_clip_algorithm must be 'norm', 'value' or None, not {gradient_clip_algorithm!r}."
+            )
+        return cls(
+            accumulate_grad_batches,
+            None if gradient_clip_val is None else float(gradient_clip_val),
+            gradient_clip_algorithm or "norm",
+        )
+
+
+@dataclass(slots=True)
+class Window:
+    """An optimizer's accumulation window: micro-batches gathered since its last update, in which epoch, how it clips.
+
+    A window never spans epochs: the epoch's last batch closes it. Saved whole in checkpoints, so a run resumed inside
+    a window closes it on the same batch, with the same clipping.
+    """
+
+    count: int = 0
+    epoch: int = -1
+    options: StepOptions = field(default_factory=StepOptions)
+
+    def open_in(self, epoch: int) -> int:
+        """Micro-batches gathered in ``epoch`` (0 when the window was opened in another epoch)."""
+        return self.count if self.epoch == epoch else 0
+
+    def state_dict(self) -> list[Any]:
+        """``[count, epoch, clip value, clip algorithm]``, for checkpoints."""
+        return [self.count, self.epoch, self.options.gradient_clip_val, self.options.gradient_clip_algorithm]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> Window:
+        """The window a checkpoint saved (entries of the first format hold only count and epoch)."""
+        count, epoch, *clipping = state
+        options = StepOptions(1, clipping[0], clipping[1]) if len(clipping) == 2 else StepOptions()
+        return cls(int(count), int(epoch), options)
+
+
+class OptimizerRecord:
+    """Everything manualopt keeps about one optimizer during one fit.
+
+    Attributes:
+        name: The optimizer's name.
+        index: Its position in ``trainer.optimizers``.
+        optimizer: The torch optimizer.
+        lightning: Its ``LightningOptimizer`` (what ``self.optimizers()`` returns).
+        defaults: The ``manual_step`` options set for it in ``configure_optimizers``.
+        updates: Its completed updates in this run (continued on resume).
+        window: Its open accumulation window.
+        schedulers: The scheduler configs manualopt steps for it, as automatic optimization reads them.
+        scheduler_epochs: Each driven scheduler's ``last_epoch`` right after manualopt stepped it (to notice a second
+            stepper).
+        averages: The ``EMA`` modules updated after each of its updates.
+        last_update_call: The ``training_step`` call (counted in the fit) of its last update through ``manual_step``.
+        last_update_epoch: The epoch of its last update through ``manual_step``.
+        stepping: Whether its own ``step`` is running (an inner optimizer's steps are then part of it).
+    """
+
+    __slots__ = (
+        "_options",
+        "_plain_zero_grad",
+        "averages",
+        "defaults",
+        "index",
+        "last_update_call",
+        "last_update_epoch",
+        "lightning",
+        "name",
+        "optimizer",
+        "scheduler_epochs",
+        "schedulers",
+        "stepping",
+        "updates",
+        "window",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        optimizer: Optimizer,
+        lightning: LightningOptimizer,
+        defaults: StepOptions,
+        schedulers: list[LRSchedulerConfig],
+    ) -> None:
+        self.name, self.index, self.optimizer, self.lightning = name, index, optimizer, lightning
+        self.defaults = defaults
+        self.schedulers = schedulers
+        self.scheduler_epochs: list[Any] = [None] * len(schedulers)
+        self.updates = 0
+        self.window = Window()
+        self.averages: list[EMA] = []
+        self.last_update_call = -1
+        self.last_update_epoch = -1
+        self.stepping = False
+        self._options: dict[tuple[Any, Any, Any], StepOptions] = {}
+        self._plain_zero_grad = type(optimizer).zero_grad is TorchOptimizer.zero_grad
+
+    def release_gradients(self) -> None:
+        """Set the gradients of the optimizer's parameters to None: ``optimizer.zero_grad(set_to_none=True)``.
+
+        For an optimizer that does not override ``zero_grad`` this is done directly, without the profiler scope
+        torch opens around ``zero_grad`` (which costs more than the release itself on small models).
+        """
+        if not self._plain_zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        for group in self.optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
+
+    def options(
+        self, accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any
+    ) -> StepOptions:
+        """The options of one ``manual_step`` call: its keywords, each falling back to this optimizer's default."""
+        key = (accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm)
+        options = self._options.get(key)
+        if options is None:
+            defaults = self.defaults
+            options = StepOptions.validated(
+                defaults.accumulate_grad_batches if accumulate_grad_batches is None else accumulate_grad_batches,
+                defaults.gradient_clip_val if gradient_clip_val is None else gradient_clip_val,
+                defaults.gradient_clip_algorithm if gradient_clip_algorithm is None else gradient_clip_algorithm,
+                where=f"manual_step({self.name!r})",
+            )
+            if len(self._options) < 64:  # remembered once validated; a call site passes few distinct values
+                self._options[key] = options
+        return options
 
 
 def default_name(index: int) -> str:
@@ -29,27 +203,93 @@ def default_name(index: int) -> str:
     return f"optimizer_{index}"
 
 
-def _is_optimizer_like(value: object) -> bool:
-    return callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None))
+@dataclass(frozen=True)
+class Configured:
+    """What ``configure_optimizers`` returned, read once: the optimizers, their names, defaults and schedulers.
+
+    Attributes:
+        optimizers: The torch optimizers, in ``trainer.optimizers`` order.
+        names: Their names (``optimizer_<i>`` where none were given).
+        defaults: Per-name ``manual_step`` defaults.
+        schedulers: Every scheduler config, as automatic optimization reads it.
+        for_lightning: The configuration handed on to Lightning: the same optimizers and schedulers, without the keys
+            Lightning's manual mode would warn about.
+    """
+
+    optimizers: list[Optimizer]
+    names: list[str]
+    defaults: dict[str, StepOptions]
+    schedulers: list[LRSchedulerConfig]
+    for_lightning: Any
 
 
-def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None, dict[str, dict[str, Any]]]:
-    """Turn a mapping of names into the list-of-dictionaries form Lightning accepts.
+def _copy_containers(value: Any) -> Any:
+    # Lightning's parser writes into scheduler dictionaries; the user's own stay as they were written.
+    if isinstance(value, Mapping):
+        return {key: _copy_containers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_containers(item) for item in value)
+    return value
 
-    Args:
-        config: What ``configure_optimizers`` returned.
 
-    Returns:
-        The configuration to hand to Lightning, the names in order (None when no names were given: every other form
-        Lightning accepts is passed through untouched), and per-name ``manual_step`` defaults (the keys
-        ``accumulate_grad_batches``, ``gradient_clip_val`` and ``gradient_clip_algorithm`` of a named entry).
+def configure(config: Any) -> Configured:
+    """Read what ``configure_optimizers`` returned.
+
+    Every form Lightning accepts is read with Lightning's own parser. A mapping of names is turned into the list of
+    ``{"optimizer": ..., "lr_scheduler": ...}`` dictionaries Lightning accepts, its entries' ``manual_step`` defaults
+    are taken out, and an entry's ``monitor`` goes to its scheduler.
 
     Raises:
-        OptimizerConfigurationError: The mapping is empty, a name is not a non-empty string, a value is neither an
-            optimizer nor a ``{"optimizer": ..., "lr_scheduler": ...}`` dictionary, or one optimizer has two names.
+        OptimizerConfigurationError: The mapping is empty, a name is not a non-empty string or is reserved, a value is
+            neither an optimizer nor a ``{"optimizer": ...}`` dictionary, one optimizer is configured twice, a
+            scheduler belongs to an optimizer that was not returned, or Lightning refuses the configuration.
+        InvalidStepArgumentError: A per-optimizer default has a wrong type or value.
     """
-    if not isinstance(config, Mapping) or "optimizer" in config:
-        return config, None, {}
+    if config is None:
+        return Configured([], [], {}, [], None)
+    names: list[str] | None = None
+    defaults: dict[str, StepOptions] = {}
+    if isinstance(config, Mapping) and "optimizer" not in config:
+        config, names, defaults = _from_names(config)
+    with _lightning.configuration_errors_as(_configuration_error):
+        optimizers, schedulers = _lightning.parse_optimizer_config(_copy_containers(config))
+    names = names or [default_name(index) for index in range(len(optimizers))]
+    first: dict[int, str] = {}
+    for name, optimizer in zip(names, optimizers, strict=True):
+        if id(optimizer) in first:
+            raise OptimizerConfigurationError(
+                f"The same optimizer object is configured twice (as {first[id(optimizer)]!r} and {name!r}); it would"
+                " step twice per call. Configure each optimizer once."
+            )
+        first[id(optimizer)] = name
+    for scheduler in schedulers:
+        attached = getattr(scheduler.scheduler, "optimizer", None)
+        if attached is not None and not any(attached is optimizer for optimizer in optimizers):
+            raise OptimizerConfigurationError(
+                f"The learning-rate scheduler {type(scheduler.scheduler).__name__} belongs to an optimizer that"
+                f" `configure_optimizers` does not return; the optimizers are {names}. Create the scheduler with one"
+                " of them, e.g. `StepLR(optimizer, ...)` with the optimizer you return."
+            )
+    for_lightning = (
+        (
+            list(optimizers),
+            [
+                {"scheduler": s.scheduler, "interval": s.interval, "frequency": s.frequency, "name": s.name}
+                for s in schedulers
+            ],
+        )
+        if optimizers
+        else config
+    )
+    defaults = {name: defaults.get(name, StepOptions()) for name in names}
+    return Configured(list(optimizers), names, defaults, schedulers, for_lightning)
+
+
+def _configuration_error(message: str) -> OptimizerConfigurationError:
+    return OptimizerConfigurationError(f"configure_optimizers: {message}")
+
+
+def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[str], dict[str, StepOptions]]:
     if not config:
         raise OptimizerConfigurationError(
             "`configure_optimizers` returned an empty mapping. Return at least one named optimizer, e.g."
@@ -57,7 +297,7 @@ def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None, dict
         )
     names: list[str] = []
     entries: list[dict[str, Any]] = []
-    defaults: dict[str, dict[str, Any]] = {}
+    defaults: dict[str, StepOptions] = {}
     seen: dict[int, str] = {}
     for name, value in config.items():
         if not isinstance(name, str) or not name.strip():
@@ -75,123 +315,31 @@ def normalize_optimizer_config(config: Any) -> tuple[Any, list[str] | None, dict
                     f"The configuration of optimizer {name!r} is a dictionary without an 'optimizer' key. Write"
                     f' `{{"{name}": {{"optimizer": opt, "lr_scheduler": scheduler}}}}`.'
                 )
-            entry = {key: item for key, item in value.items() if key not in STEP_OPTIONS}
-            options = {key: value[key] for key in STEP_OPTIONS if key in value}
-            validate_options(
-                options.get("accumulate_grad_batches", 1),
-                options.get("gradient_clip_val"),
-                options.get("gradient_clip_algorithm"),
+            entry = {key: item for key, item in value.items() if key not in STEP_OPTIONS and key != "monitor"}
+            if "monitor" in value and "lr_scheduler" in entry:
+                scheduler = entry["lr_scheduler"]
+                scheduler = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler}
+                scheduler.setdefault("monitor", value["monitor"])
+                entry["lr_scheduler"] = scheduler
+            defaults[name] = StepOptions.validated(
+                value.get("accumulate_grad_batches", 1),
+                value.get("gradient_clip_val"),
+                value.get("gradient_clip_algorithm"),
                 where=f"configure_optimizers, optimizer {name!r}",
             )
-            defaults[name] = options
-        elif _is_optimizer_like(value):
+        elif callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None)):
             entry = {"optimizer": value}
         else:
             raise OptimizerConfigurationError(
                 f"The value for optimizer {name!r} is a {type(value).__name__}; expected a torch optimizer or a"
                 ' dictionary `{"optimizer": ..., "lr_scheduler": ...}`.'
             )
-        key = id(entry["optimizer"])
-        if key in seen:
+        if id(entry["optimizer"]) in seen:
             raise OptimizerConfigurationError(
-                f"The same optimizer object is named both {seen[key]!r} and {name!r}. Give each optimizer one name."
+                f"The same optimizer object is named both {seen[id(entry['optimizer'])]!r} and {name!r}. Give each"
+                " optimizer one name."
             )
-        seen[key] = name
+        seen[id(entry["optimizer"])] = name
         names.append(name)
         entries.append(entry)
     return entries, names, defaults
-
-
-@contextlib.contextmanager
-def refuse_steps(module: pl.LightningModule) -> Iterator[None]:
-    """Refuse every torch optimizer step in this process while the block runs (used around ``configure_*``)."""
-
-    def _pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        refuse(module, f"`{type(optimizer).__name__}.step()`", None)
-
-    handle = register_optimizer_step_pre_hook(_pre_hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _inner_optimizers(optimizer: Optimizer) -> list[Optimizer]:
-    # Wrapper optimizers such as SAM step a ``base_optimizer`` of their own; its steps are this optimizer's updates.
-    inner = getattr(optimizer, "base_optimizer", None)
-    return [inner] if isinstance(inner, Optimizer) and inner is not optimizer else []
-
-
-def attach_optimizers(module: pl.LightningModule, optimizers: list[Optimizer], continuing: bool = False) -> None:
-    """Name the fit's optimizers, validate the names, and install the step hooks that guard and count updates.
-
-    Args:
-        module: The module being fitted.
-        optimizers: ``trainer.optimizers``, in order (Lightning's placeholder for "no optimizer" left out).
-        continuing: Whether this fit goes on with the previous fit's Trainer, so the counters continue.
-
-    Raises:
-        OptimizerConfigurationError: The names do not match the optimizers, or one optimizer appears twice.
-    """
-    state = state_of(module)
-    names = state.configured_names or [default_name(index) for index in range(len(optimizers))]
-    if len(names) != len(optimizers):
-        raise OptimizerConfigurationError(
-            f"`configure_optimizers` named {len(names)} optimizers ({', '.join(names)}) but the Trainer holds"
-            f" {len(optimizers)}."
-        )
-    first_index: dict[int, int] = {}
-    for index, optimizer in enumerate(optimizers):
-        if id(optimizer) in first_index:
-            raise OptimizerConfigurationError(
-                f"The same optimizer object is configured twice (as {names[first_index[id(optimizer)]]!r} and"
-                f" {names[index]!r}); it would step twice per call. Configure each optimizer once."
-            )
-        first_index[id(optimizer)] = index
-
-    for handle in state.handles:
-        handle.remove()
-    state.handles.clear()
-    state.names = list(names)
-    state.optimizers = list(optimizers)
-    # A new fit starts counting at 0; fitting on with the same Trainer (whose global_step goes on) continues.
-    previous = state.updates if continuing else {}
-    state.updates = {name: previous.get(name, 0) for name in names}
-
-    reference = weakref.ref(module)
-    for name, optimizer in zip(names, optimizers, strict=True):
-        state.handles.append(optimizer.register_step_pre_hook(_make_pre_hook(reference, name, own=True)))
-        state.handles.append(optimizer.register_step_post_hook(_make_post_hook(reference, name, own=True)))
-        for inner in _inner_optimizers(optimizer):
-            state.handles.append(inner.register_step_pre_hook(_make_pre_hook(reference, name, own=False)))
-            state.handles.append(inner.register_step_post_hook(_make_post_hook(reference, name, own=False)))
-
-
-def _make_pre_hook(reference: weakref.ref[pl.LightningModule], name: str, own: bool) -> Any:
-    def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        module = reference()
-        if module is None:
-            return
-        check_inside_training_step(module, f"`{type(optimizer).__name__}.step()` of optimizer {name!r}", name)
-        if own:
-            state_of(module).stepping.add(name)
-
-    return pre_hook
-
-
-def _make_post_hook(reference: weakref.ref[pl.LightningModule], name: str, own: bool) -> Any:
-    def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        module = reference()
-        if module is None:
-            return
-        state = state_of(module)
-        if own:
-            state.stepping.discard(name)
-        elif name in state.stepping:
-            return  # the base optimizer's step inside its wrapper's step: one update, counted by the wrapper
-        state.updates[name] = state.updates.get(name, 0) + 1
-        state.stepped_in_call = True
-        for average in state.averages.get(name, ()):
-            average.update()
-
-    return post_hook

@@ -1,16 +1,19 @@
-"""An exponential moving average of a submodule, updated after each real update of one named optimizer."""
+"""An exponential moving average of a submodule, updated after each real update of one optimizer."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from manualopt.errors import OptimizerConfigurationError
+from manualopt.errors import InvalidArgumentError, OptimizerConfigurationError, UnknownOptimizerError
+
+if TYPE_CHECKING:
+    from manualopt._session import FitSession
 
 __all__ = ["EMA"]
 
@@ -18,18 +21,23 @@ __all__ = ["EMA"]
 class EMA(nn.Module):
     """Keeps ``average = decay * average + (1 - decay) * weights`` of ``module``, once per update of ``optimizer``.
 
-    Assign it to an attribute of a :class:`~manualopt.ManualOptimizationModule` in ``__init__``. manualopt checks the
-    optimizer name when fit starts and updates the average right after each real update of that optimizer (a step the
-    GradScaler skipped, or a batch in which the optimizer did not step, leaves it alone), not after every
-    ``global_step``. The average is part of the module's ``state_dict``, so checkpoints hold it and resuming restores
-    it. Buffers (batch-norm statistics) are copied, not averaged.
+    Assign it to an attribute of a :class:`~manualopt.ManualOptimizationModule` (or of one of its submodules) in
+    ``__init__``. manualopt resolves the optimizer when fit starts and updates the average right after each real update
+    of that optimizer (a step the GradScaler skipped, or a batch in which the optimizer did not step, leaves it alone),
+    not after every ``global_step``. The average is part of the module's ``state_dict``, so checkpoints hold it and
+    resuming restores it. Buffers (batch-norm statistics) are copied, not averaged. An update adds no host-device
+    synchronization.
 
     Args:
         module: The submodule to average, e.g. the generator.
-        optimizer: The name of the optimizer whose updates drive the average.
+        optimizer: The optimizer whose updates drive the average: its name or its index, as ``manual_step`` takes them.
         decay: Weight of the old average at each update, in [0, 1).
         warmup_updates: For this many first updates the average copies the weights (no averaging yet).
-        evaluate_with_average: Swap the averaged weights into ``module`` during validation, then swap them back.
+        evaluate_with_average: Swap the averaged weights into ``module`` during validation, then swap them back (also
+            when validation raises).
+
+    Raises:
+        InvalidArgumentError: ``decay``, ``warmup_updates`` or ``optimizer`` has a wrong type or value.
 
     Example::
 
@@ -46,28 +54,30 @@ class EMA(nn.Module):
     def __init__(
         self,
         module: nn.Module,
-        optimizer: str,
+        optimizer: str | int,
         decay: float = 0.999,
         warmup_updates: int = 0,
         evaluate_with_average: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise OptimizerConfigurationError(f"EMA decay must be in [0, 1), not {decay!r}.")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise InvalidArgumentError(f"EMA decay must be a number in [0, 1), not {decay!r}.")
         if isinstance(warmup_updates, bool) or not isinstance(warmup_updates, int) or warmup_updates < 0:
-            raise OptimizerConfigurationError(
-                f"EMA warmup_updates must be a non-negative integer, not {warmup_updates!r}."
+            raise InvalidArgumentError(f"EMA warmup_updates must be a non-negative integer, not {warmup_updates!r}.")
+        if isinstance(optimizer, bool) or not isinstance(optimizer, (str, int)) or optimizer == "":
+            raise InvalidArgumentError(
+                f"EMA needs the optimizer that drives it, by name or index (as `manual_step` takes it), not"
+                f" {optimizer!r}."
             )
-        if not isinstance(optimizer, str) or not optimizer:
-            raise OptimizerConfigurationError(f"EMA needs the name of the optimizer that drives it, not {optimizer!r}.")
         self.optimizer = optimizer
-        self.decay = decay
+        self.decay = float(decay)
         self.warmup_updates = warmup_updates
         self.evaluate_with_average = evaluate_with_average
         self.average = copy.deepcopy(module).requires_grad_(False)
         self._target = [module]  # a list, so the target is not registered twice as a submodule
         self.updates: torch.Tensor
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._count = 0  # ``updates`` on the host, so that updating never waits for the device
         self._swapped = False
 
     @property
@@ -82,15 +92,23 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self) -> None:
         """Fold the target's current weights into the average (manualopt calls this after each update)."""
-        copying = int(self.updates) < self.warmup_updates
-        for average, current in zip(self.average.parameters(), self.target.parameters(), strict=True):
-            if copying:
-                average.copy_(current)
-            else:
-                average.lerp_(current.detach().to(average.dtype), 1.0 - self.decay)
+        averages: list[torch.Tensor] = list(self.average.parameters())
+        currents = [parameter.detach() for parameter in self.target.parameters()]
+        if self._count < self.warmup_updates:
+            torch._foreach_copy_(averages, currents)
+        elif all(a.dtype == c.dtype and a.device == c.device for a, c in zip(averages, currents, strict=True)):
+            torch._foreach_lerp_(averages, currents, 1.0 - self.decay)
+        else:
+            for average, current in zip(averages, currents, strict=True):
+                average.lerp_(current.to(average), 1.0 - self.decay)
         for average_buffer, buffer in zip(self.average.buffers(), self.target.buffers(), strict=True):
             average_buffer.copy_(buffer)
         self.updates += 1
+        self._count += 1
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._count = int(self.updates)  # once per load, not per update
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
@@ -119,3 +137,30 @@ class EMA(nn.Module):
     def extra_repr(self) -> str:
         """Shown in ``repr``."""
         return f"optimizer={self.optimizer!r}, decay={self.decay}, warmup_updates={self.warmup_updates}"
+
+    # ------------------------------------------------------------------ integration with a fit
+
+    def _manualopt_attach(self, session: FitSession) -> None:
+        """Follow the fit's optimizer ``self.optimizer`` (called when the fit starts)."""
+        try:
+            record = session.record(self.optimizer)
+        except UnknownOptimizerError:
+            raise OptimizerConfigurationError(
+                f"An EMA follows the optimizer {self.optimizer!r}, which `configure_optimizers` does not return; the"
+                f" optimizers are {session.names}."
+            ) from None
+        record.averages.append(self)
+        session.averages.append(self)
+        session.on_end(self._detach)
+
+    def _detach(self) -> None:
+        if self._swapped:  # validation raised before it ended: the trained weights go back
+            self._swap()
+
+    def _validation_started(self) -> None:
+        if self.evaluate_with_average and not self._swapped:
+            self._swap()
+
+    def _validation_ended(self) -> None:
+        if self._swapped:
+            self._swap()

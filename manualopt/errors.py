@@ -1,14 +1,17 @@
-"""Exceptions raised by manualopt.
+"""Exceptions and warnings of manualopt.
 
 Every exception derives from :class:`ManualOptimizationError`, itself a :class:`RuntimeError`, so one ``except``
-clause catches all of them.
+clause catches all of them. Every warning is a :class:`ManualOptimizationWarning`; it is issued on rank 0 only.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "InvalidArgumentError",
     "InvalidStepArgumentError",
+    "ManualOptimizationDeprecationWarning",
     "ManualOptimizationError",
+    "ManualOptimizationWarning",
     "OptimizerConfigurationError",
     "StepOutsideTrainingStepError",
     "UnknownOptimizerError",
@@ -29,7 +32,7 @@ class StepOutsideTrainingStepError(ManualOptimizationError):
 class OptimizerConfigurationError(ManualOptimizationError):
     """``configure_optimizers`` returned something manualopt cannot use, or a checkpoint does not match it.
 
-    Raised when ``Trainer.fit`` starts, before the first batch.
+    Raised when ``Trainer.fit`` starts, before the first batch, or when a checkpoint is resumed.
     """
 
 
@@ -37,5 +40,17 @@ class UnknownOptimizerError(ManualOptimizationError, LookupError):
     """An optimizer was addressed by a name, index or object that the module does not have."""
 
 
-class InvalidStepArgumentError(ManualOptimizationError, ValueError):
+class InvalidArgumentError(ManualOptimizationError, ValueError):
+    """An argument has a wrong type or value: a constructor's (``StepSchedule``, ``EMA``) or a setter's."""
+
+
+class InvalidStepArgumentError(InvalidArgumentError):
     """``manual_step`` (or a per-optimizer default in ``configure_optimizers``) got an argument it cannot use."""
+
+
+class ManualOptimizationWarning(UserWarning):
+    """Something works, but probably not as intended (a scheduler stepped twice, a metric that was not logged)."""
+
+
+class ManualOptimizationDeprecationWarning(ManualOptimizationWarning, FutureWarning):
+    """A name that still works but will be removed; the message says which release removes it and what replaces it."""

@@ -7,7 +7,7 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,22 +18,18 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from manualopt import _lightning, _stepping
-from manualopt._callback import ManualOptimizationCallback, guard_lightning_optimizers, lightning_optimizers
-from manualopt._guard import check_inside_training_step
-from manualopt._lightning import current_hook_name, set_global_step
-from manualopt._optimizers import normalize_optimizer_config, refuse_steps
-from manualopt._schedulers import strip_scheduler_settings
-from manualopt._state import STATE_ATTRIBUTE, attached_trainer, state_of, trainer_callbacks
-from manualopt._stepping import StepResult
-from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
+from manualopt._callback import ManualOptimizationCallback
+from manualopt._guard import attached_trainer, refuse, refusing_steps_of
+from manualopt._optimizers import configure
+from manualopt._session import FitSession, link_of, session_of
+from manualopt.errors import InvalidArgumentError, ManualOptimizationDeprecationWarning, UnknownOptimizerError
+from manualopt.types import OptimizerKey, StepResult
 
-__all__ = ["ManualOptimizationModule", "OptimizerKey", "StepResult"]
-
-#: How an optimizer can be addressed: its name, its index, or the optimizer itself.
-OptimizerKey = str | int | Optimizer | LightningOptimizer
+__all__ = ["ManualOptimizationModule"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _WRAPPED = "__manualopt_wrapped__"
+_LINK = "_manualopt_link"
 
 
 class ManualOptimizationModule(LightningModule):
@@ -47,7 +43,7 @@ class ManualOptimizationModule(LightningModule):
       however it stepped. ``max_steps``, ``ModelCheckpoint`` (every trigger), ``log_every_n_steps``, the loggers'
       step axis and resuming therefore behave as in automatic optimization, whatever the number of optimizers.
     * Each optimizer's number of updates is counted by name (:attr:`optimizer_updates`) and saved in checkpoints.
-    * An optimizer step, ``manual_step`` or ``manual_backward`` outside ``training_step`` raises
+    * An optimizer step, ``manual_step`` or ``manual_backward`` outside ``training_step`` of a running fit raises
       :class:`~manualopt.StepOutsideTrainingStepError` before anything changes.
 
     ``configure_optimizers`` may return every form Lightning accepts, or a mapping of names::
@@ -91,15 +87,17 @@ class ManualOptimizationModule(LightningModule):
                 continue
             setattr(cls, name, wrap(function))
 
+    @override
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle and deep-copy without manualopt's per-fit state (hooks, callback): a copy starts fresh."""
+        """Pickle and deep-copy without manualopt's per-fit state (session, callback): a copy starts fresh."""
         state = super().__getstate__()
-        state.pop(STATE_ATTRIBUTE, None)
+        state.pop(_LINK, None)
         return state
 
     # ------------------------------------------------------------------ automatic_optimization
 
     @property
+    @override
     def automatic_optimization(self) -> bool:
         """Always False: a ``ManualOptimizationModule`` is manually optimized."""
         return False
@@ -107,7 +105,7 @@ class ManualOptimizationModule(LightningModule):
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
         if value:
-            raise OptimizerConfigurationError(
+            raise InvalidArgumentError(
                 f"`{type(self).__name__}` is a ManualOptimizationModule, which is always manually optimized; setting"
                 " `automatic_optimization = True` is not possible. For automatic optimization inherit"
                 " `lightning.pytorch.LightningModule` instead, or step the optimizers with `self.manual_step(...)`."
@@ -117,8 +115,9 @@ class ManualOptimizationModule(LightningModule):
 
     @property
     def optimizer_names(self) -> tuple[str, ...]:
-        """The names of the optimizers of the current fit, in ``trainer.optimizers`` order."""
-        return tuple(state_of(self).names)
+        """The names of the optimizers of the current (or last) fit, in ``trainer.optimizers`` order."""
+        session = session_of(self)
+        return () if session is None else tuple(session.names)
 
     @property
     def optimizer_updates(self) -> Mapping[str, int]:
@@ -126,52 +125,37 @@ class ManualOptimizationModule(LightningModule):
 
         A step that a precision plugin skipped (16-bit AMP, non-finite gradients) is not an update.
         """
-        return MappingProxyType(dict(state_of(self).updates))
+        session = session_of(self)
+        records = () if session is None else session.records
+        return MappingProxyType({record.name: record.updates for record in records})
 
-    def named_optimizers(self) -> Mapping[str, LightningOptimizer]:
-        """The optimizers of the running fit by name, as the ``LightningOptimizer`` objects of ``self.optimizers()``.
+    def named_optimizers(self) -> _NamedOptimizers:
+        """``(name, LightningOptimizer)`` pairs of the running (or last) fit, in order, like torch's ``named_*``.
 
-        Empty when no fit with optimizers is attached.
+        Empty when the module is not attached to the Trainer of that fit. ``dict(self.named_optimizers())`` gives a
+        mapping; :meth:`optimizer` looks one up.
         """
-        names, wrapped = state_of(self).names, lightning_optimizers(self)
-        return MappingProxyType(dict(zip(names, wrapped, strict=True)) if len(names) == len(wrapped) else {})
+        session = session_of(self)
+        if session is None or attached_trainer(self) is not session.trainer:
+            return _NamedOptimizers([])
+        return _NamedOptimizers([(record.name, record.lightning) for record in session.records])
 
-    def _resolve(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
-        state = state_of(self)
-        if not state.names:
-            if state.last_trainer is None:  # no fit has started
-                raise UnknownOptimizerError(
-                    "No optimizers are known yet: optimizers can be addressed once `Trainer.fit` has called"
-                    " `configure_optimizers`, inside `training_step`."
-                )
+    def optimizer(self, key: OptimizerKey) -> LightningOptimizer:
+        """The ``LightningOptimizer`` addressed by ``key``: a name, an index, or the optimizer (raw or wrapped).
+
+        Raises:
+            UnknownOptimizerError: ``key`` addresses no optimizer of the running (or last) fit.
+        """
+        return self._session_for_lookup().record(key).lightning
+
+    def _session_for_lookup(self) -> FitSession:
+        session = session_of(self)
+        if session is None:
             raise UnknownOptimizerError(
-                "`configure_optimizers` returned no optimizer, so there is nothing to step. Return one, or a mapping"
-                ' of names such as `{"generator": opt_g, "discriminator": opt_d}`.'
+                "No optimizers are known yet: optimizers can be addressed once `Trainer.fit` has called"
+                " `configure_optimizers`, inside `training_step`."
             )
-        wrapped = lightning_optimizers(self)
-        if len(wrapped) != len(state.names):
-            raise UnknownOptimizerError(
-                f"The optimizers {list(state.names)} belong to a finished fit; they can be addressed inside"
-                " `training_step` of a running `Trainer.fit`."
-            )
-        index: int | None = None
-        if isinstance(optimizer, str):
-            if optimizer in state.names:
-                index = state.names.index(optimizer)
-        elif isinstance(optimizer, int) and not isinstance(optimizer, bool):
-            if -len(state.names) <= optimizer < len(state.names):
-                index = optimizer % len(state.names)
-        elif isinstance(optimizer, LightningOptimizer):
-            index = next((i for i, candidate in enumerate(wrapped) if candidate is optimizer), None)
-        elif isinstance(optimizer, Optimizer):
-            index = next((i for i, candidate in enumerate(state.optimizers) if candidate is optimizer), None)
-        if index is None:
-            shown = optimizer if isinstance(optimizer, (str, int)) else type(optimizer).__name__
-            raise UnknownOptimizerError(
-                f"Unknown optimizer {shown!r}. This module's optimizers are {list(state.names)}; address one by"
-                " name, by index, or pass an optimizer from `self.optimizers()`."
-            )
-        return state.names[index], wrapped[index]
+        return session
 
     # ------------------------------------------------------------------ stepping
 
@@ -186,19 +170,20 @@ class ManualOptimizationModule(LightningModule):
         gradient_clip_algorithm: str | None = None,
         backward_kwargs: Mapping[str, Any] | None = None,
     ) -> StepResult:
-        """Update one optimizer's parameters: backward, step, reset its gradients, and step its schedulers.
+        """Update one optimizer's parameters: backward, step, and step its schedulers.
 
         Call it inside ``training_step``. The keywords mean what the ``Trainer`` arguments of the same names mean in
         automatic optimization, applied to this optimizer alone; a keyword left at None takes the optimizer's default
-        from ``configure_optimizers`` (see the class docstring), else the Trainer's default.
+        from ``configure_optimizers`` (see the class docstring), and where none was set there: no accumulation
+        (``1``), no clipping, ``"norm"``.
 
         With ``loss``: at the start of an accumulation window the optimizer's gradients are reset; the loss, divided by
         ``accumulate_grad_batches``, is back-propagated through :meth:`manual_backward` (precision plugins and
         strategies apply; under DDP the all-reduce is skipped until the window closes). The window closes after
         ``accumulate_grad_batches`` calls or on the epoch's last batch; then gradients are clipped after the precision
-        plugin unscaled them (in ``on_before_optimizer_step``, through ``configure_gradient_clipping``), the optimizer
-        steps, and its gradients are set to None. An optimizer whose window is still open at the end of an epoch
-        steps after that epoch's last ``training_step``.
+        plugin unscaled them (in ``on_before_optimizer_step``, through ``configure_gradient_clipping``) and the
+        optimizer steps. Its gradients stay until its next window starts, as in automatic optimization. An optimizer
+        whose window is still open at the end of an epoch steps after that epoch's last ``training_step``.
 
         With ``closure`` (a function computing and returning the loss, for LBFGS or a two-pass step such as SAM): the
         optimizer steps with a closure that resets its gradients, evaluates ``closure`` and back-propagates the
@@ -226,21 +211,24 @@ class ManualOptimizationModule(LightningModule):
             UnknownOptimizerError: ``optimizer`` names no optimizer of this module.
             InvalidStepArgumentError: A keyword has a wrong type or value, or ``loss`` and ``closure`` were both given.
         """
-        name, lightning_optimizer = self._resolve_for_step(optimizer)
-        check_inside_training_step(self, f"`manual_step({name!r})`", name)
-        return _stepping.step(
-            self,
-            name,
-            lightning_optimizer,
-            loss,
-            closure=closure,
-            options={
-                "accumulate_grad_batches": accumulate_grad_batches,
-                "gradient_clip_val": gradient_clip_val,
-                "gradient_clip_algorithm": gradient_clip_algorithm,
-            },
-            backward_kwargs=dict(backward_kwargs or {}),
-        )
+        link = self.__dict__.get(_LINK)
+        session: FitSession | None = None if link is None else link.session
+        if session is None or not session.inside():
+            self._refuse_step(optimizer)
+        call = session.call
+        assert call is not None  # inside() saw it
+        record = session.record(optimizer)
+        if accumulate_grad_batches is None and gradient_clip_val is None and gradient_clip_algorithm is None:
+            options = record.defaults
+        else:
+            options = record.options(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm)
+        return _stepping.step(session, call, record, loss, closure, options, backward_kwargs or {})
+
+    def _refuse_step(self, optimizer: OptimizerKey) -> NoReturn:
+        shown = optimizer if isinstance(optimizer, str) else None
+        session = session_of(self)
+        names = () if session is None else session.names
+        refuse(self, f"`manual_step({shown!r})`" if shown else "`manual_step`", shown, names)
 
     @override
     @contextlib.contextmanager
@@ -269,37 +257,74 @@ class ManualOptimizationModule(LightningModule):
 
     @contextlib.contextmanager
     def optimizing(self, *names: str) -> Iterator[None]:
-        """Deprecated alias of :meth:`toggled_optimizer`, kept until 0.3."""
+        """Deprecated alias of :meth:`toggled_optimizer`, kept until manualopt 0.3."""
         warnings.warn(
             "`optimizing(...)` is deprecated and will be removed in manualopt 0.3; use"
             " `self.toggled_optimizer(...)`, which takes the same names.",
-            FutureWarning,
+            ManualOptimizationDeprecationWarning,
             stacklevel=3,
         )
         with self.toggled_optimizer(*names):
             yield
 
-    def _resolve_for_step(self, optimizer: OptimizerKey) -> tuple[str, LightningOptimizer]:
-        # Where the call comes from is checked first: outside training_step that is the error to report.
-        shown = optimizer if isinstance(optimizer, str) else None
-        check_inside_training_step(self, f"`manual_step({shown!r})`" if shown else "`manual_step`", shown)
-        return self._resolve(optimizer)
-
+    @override
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Back-propagate ``loss`` through Lightning (precision plugins and strategies apply).
 
         Allowed only inside ``training_step``; elsewhere it raises
         :class:`~manualopt.StepOutsideTrainingStepError` before computing anything.
         """
-        check_inside_training_step(self, "`manual_backward`", None)
+        session = session_of(self)
+        if session is None or not session.inside():
+            refuse(self, "`manual_backward`", None, () if session is None else session.names)
         super().manual_backward(loss, *args, **kwargs)
 
+    @override
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """Callbacks this module adds to the Trainer. manualopt adds its own whether or not this is overridden."""
         return []
 
+    @override
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Called before an optimizer steps, gradients unscaled. ``manual_step``'s clipping runs right after it."""
+
+
+class _NamedOptimizers(Iterator[tuple[str, LightningOptimizer]]):
+    """What :meth:`ManualOptimizationModule.named_optimizers` returns: an iterator of ``(name, optimizer)`` pairs.
+
+    Until manualopt 0.3 it also answers the mapping reads that ``named_optimizers()`` answered before, with a warning.
+    """
+
+    def __init__(self, pairs: list[tuple[str, LightningOptimizer]]) -> None:
+        self._pairs = pairs
+        self._iterator = iter(pairs)
+
+    def __next__(self) -> tuple[str, LightningOptimizer]:
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def _deprecated(self) -> dict[str, LightningOptimizer]:
+        warnings.warn(
+            "`named_optimizers()` now yields (name, optimizer) pairs like torch's `named_parameters()`; reading it as"
+            " a mapping is deprecated and stops working in manualopt 0.3. Use `self.optimizer(name)` or"
+            " `dict(self.named_optimizers())`.",
+            ManualOptimizationDeprecationWarning,
+            stacklevel=3,
+        )
+        return dict(self._pairs)
+
+    def __getitem__(self, name: str) -> LightningOptimizer:
+        return self._deprecated()[name]
+
+    def items(self) -> Any:
+        """Deprecated: the ``(name, optimizer)`` pairs."""
+        return self._deprecated().items()
+
+    def values(self) -> Any:
+        """Deprecated: the optimizers."""
+        return self._deprecated().values()
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]
@@ -307,21 +332,24 @@ def _toggle(
     module: ManualOptimizationModule, optimizers: tuple[OptimizerKey, ...]
 ) -> tuple[list[Tensor], list[Tensor]]:
     # Kept out of torch.compile graphs, like Lightning's own toggling: requires_grad flips are not traceable.
-    state = state_of(module)
-    named = {id(p): p for key in optimizers for group in module._resolve(key)[1].param_groups for p in group["params"]}
+    session = module._session_for_lookup()
+    frozen = link_of(module).frozen
+    named = {
+        id(p): p for key in optimizers for group in session.record(key).optimizer.param_groups for p in group["params"]
+    }
     others = {
         id(p): p
-        for optimizer in state.optimizers
-        for group in optimizer.param_groups
+        for record in session.records
+        for group in record.optimizer.param_groups
         for p in group["params"]
         if id(p) not in named
     }
     freeze = [p for p in others.values() if p.requires_grad]
     # a named parameter frozen by an enclosing block (not by the user) is trainable again inside this one
-    thaw = [p for key, p in named.items() if not p.requires_grad and state.frozen.get(key, 0)]
+    thaw = [p for key, p in named.items() if not p.requires_grad and frozen.get(key, 0)]
     for parameter in freeze:
         parameter.requires_grad_(False)
-        state.frozen[id(parameter)] = state.frozen.get(id(parameter), 0) + 1
+        frozen[id(parameter)] = frozen.get(id(parameter), 0) + 1
     for parameter in thaw:
         parameter.requires_grad_(True)
     return thaw, freeze
@@ -329,39 +357,39 @@ def _toggle(
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]
 def _untoggle(module: ManualOptimizationModule, thaw: list[Tensor], freeze: list[Tensor]) -> None:
-    state = state_of(module)
+    frozen = link_of(module).frozen
     for parameter in thaw:
         parameter.requires_grad_(False)
     for parameter in freeze:
         parameter.requires_grad_(True)
-        state.frozen[id(parameter)] -= 1
+        frozen[id(parameter)] -= 1
+        if not frozen[id(parameter)]:
+            del frozen[id(parameter)]
+
+
+# ---------------------------------------------------------------------------------------------------------- hooks
 
 
 def _wrap_training_step(function: _F) -> _F:
     @functools.wraps(function)
     def training_step(self: ManualOptimizationModule, *args: Any, **kwargs: Any) -> Any:
-        state = state_of(self)
-        if state.training_depth:
-            return function(self, *args, **kwargs)  # nested: super() chains and helpers
-        trainer = attached_trainer(self)
-        if trainer is None or not trainer.training or current_hook_name(self) != "training_step":
-            # Not Lightning's call (e.g. a hook calling ``self.training_step``): no training step opens.
+        link = self.__dict__.get(_LINK)
+        session: FitSession | None = None if link is None else link.session
+        if (
+            session is None
+            or not session.active
+            or session.call is not None  # nested: super() chains and helpers
+            or _lightning.current_hook_name(self) != "training_step"  # not Lightning's call
+        ):
             return function(self, *args, **kwargs)
-        guard_lightning_optimizers(self, trainer)
-        base = trainer.global_step
-        state.training_depth, state.stepped_in_call = 1, False
-        state.stepping.clear()
+        call = session.begin_call()
         try:
             output = function(self, *args, **kwargs)
-            if _lightning.is_last_batch(trainer):
-                _stepping.close_open_windows(self, self.named_optimizers())
+            if call.last_batch(session.trainer):
+                _stepping.close_open_windows(session, call)
             return output
         finally:
-            state.training_depth = 0
-            state.batch_stepped = state.stepped_in_call
-            set_global_step(trainer, base + int(state.stepped_in_call))
-            for schedule in state.schedules.values():
-                schedule.position += 1
+            session.end_call(call)
 
     setattr(training_step, _WRAPPED, True)
     return training_step  # type: ignore[return-value]
@@ -370,23 +398,22 @@ def _wrap_training_step(function: _F) -> _F:
 def _wrap_configure_optimizers(function: _F) -> _F:
     @functools.wraps(function)
     def configure_optimizers(self: ManualOptimizationModule) -> Any:
-        with refuse_steps(self):
-            config = function(self)
-        if current_hook_name(self) != "configure_optimizers":
+        link = link_of(self)
+        with refusing_steps_of(self):
+            if link.configuring:  # nested: a super() chain; the outermost call reads the result
+                return function(self)
+            link.configuring = True
+            try:
+                config = function(self)
+            finally:
+                link.configuring = False
+        if _lightning.current_hook_name(self) != "configure_optimizers":
             return config  # called directly, not by the Trainer: return it as written
-        config, names, defaults = normalize_optimizer_config(config)
-        config, scheduler_settings = strip_scheduler_settings(config)
-        state = state_of(self)
-        state.configured_names = names
-        state.defaults = defaults
-        state.scheduler_settings = scheduler_settings
+        configured = link.configured = configure(config)
         trainer = attached_trainer(self)
-        callback = state.callback
-        if trainer is not None and callback is not None and callback in trainer_callbacks(trainer):
-            # Run manualopt's hooks first, so its step guards are in place before any other callback's hooks.
-            trainer_callbacks(trainer).remove(callback)
-            trainer_callbacks(trainer).insert(0, callback)
-        return config
+        if trainer is not None and link.callback is not None:
+            _lightning.move_callback_first(trainer, link.callback)
+        return configured.for_lightning
 
     setattr(configure_optimizers, _WRAPPED, True)
     return configure_optimizers  # type: ignore[return-value]
@@ -397,12 +424,12 @@ def _wrap_configure_callbacks(function: _F) -> _F:
     def configure_callbacks(self: ManualOptimizationModule) -> Sequence[Callback] | Callback:
         result = function(self)
         callbacks: list[Callback] = [] if not result else [result] if isinstance(result, Callback) else list(result)
-        state = state_of(self)
-        if state.callback is None:
-            state.callback = ManualOptimizationCallback(self)
+        link = link_of(self)
+        if link.callback is None:
+            link.callback = ManualOptimizationCallback()
         trainer = attached_trainer(self)
-        if trainer is None or state.callback not in trainer_callbacks(trainer):
-            callbacks.append(state.callback)
+        if trainer is None or link.callback not in trainer.callbacks:  # type: ignore[attr-defined]
+            callbacks.append(link.callback)
         return callbacks
 
     setattr(configure_callbacks, _WRAPPED, True)
@@ -414,14 +441,17 @@ def _wrap_on_before_optimizer_step(function: _F) -> _F:
     def on_before_optimizer_step(
         self: ManualOptimizationModule, optimizer: Optimizer, *args: Any, **kwargs: Any
     ) -> Any:
-        state = state_of(self)
-        state.hook_depth += 1
+        session = session_of(self)
+        call = None if session is None else session.call
+        if call is None or call.pending_clip is None:
+            return function(self, optimizer, *args, **kwargs)
+        pending, call.pending_clip = call.pending_clip, None  # nested super() calls see nothing pending
         try:
             output = function(self, optimizer, *args, **kwargs)
         finally:
-            state.hook_depth -= 1
-        if state.hook_depth == 0:
-            _stepping.apply_requested_clipping(self, optimizer)
+            call.pending_clip = pending
+        assert session is not None
+        _stepping.apply_requested_clipping(session, optimizer)
         return output
 
     setattr(on_before_optimizer_step, _WRAPPED, True)

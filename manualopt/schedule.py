@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
+from manualopt.errors import InvalidArgumentError, OptimizerConfigurationError, UnknownOptimizerError
+
+if TYPE_CHECKING:
+    from manualopt._session import FitSession
 
 __all__ = ["StepSchedule"]
 
@@ -14,10 +17,11 @@ __all__ = ["StepSchedule"]
 class StepSchedule:
     """A repeating cycle of batches saying which optimizers are due on each.
 
-    Assign one to an attribute of a :class:`~manualopt.ManualOptimizationModule` (in ``__init__``) and ask it in
-    ``training_step``. manualopt validates its names against the optimizers when fit starts, advances it after every
-    ``training_step`` call, and saves its position in checkpoints, so a run resumed mid-cycle continues the cycle where
-    it stopped.
+    Create one in ``__init__`` and ask it in ``training_step``. Its position is the number of ``training_step`` calls
+    made since the fit started, which manualopt counts and saves in checkpoints, so a run resumed mid-cycle continues
+    the cycle where it stopped. Kept as an attribute of the module or of a submodule (directly, or in a list, tuple or
+    dictionary attribute), its names are checked against the optimizers when fit starts; a schedule kept anywhere else
+    is checked the first time a ``training_step`` asks it.
 
     Example:
         >>> schedule = StepSchedule.cycle(("critic", 5), ("generator", 1))
@@ -39,25 +43,25 @@ class StepSchedule:
         """Build a cycle from ``(names, batches)`` phases: ``names`` are due for the next ``batches`` batches.
 
         Raises:
-            OptimizerConfigurationError: No phase, a phase of fewer than 1 batch, or a name that is not a non-empty
-                string.
+            InvalidArgumentError: No phase, a phase of fewer than 1 batch, or a name that is not a non-empty string.
         """
         if not phases:
-            raise OptimizerConfigurationError("A StepSchedule needs at least one (names, batches) phase.")
+            raise InvalidArgumentError("A StepSchedule needs at least one (names, batches) phase.")
         self._slots: list[tuple[str, ...]] = []
         for names, batches in phases:
             due = (names,) if isinstance(names, str) else tuple(names)
             if not due or any(not isinstance(name, str) or not name for name in due):
-                raise OptimizerConfigurationError(
+                raise InvalidArgumentError(
                     f"StepSchedule phase {names!r}: name the optimizers due with non-empty strings."
                 )
             if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-                raise OptimizerConfigurationError(
+                raise InvalidArgumentError(
                     f"StepSchedule phase {names!r}: the number of batches must be a positive integer, not {batches!r}."
                 )
             self._slots.extend([due] * batches)
         self.names: tuple[str, ...] = tuple(dict.fromkeys(name for slot in self._slots for name in slot))
-        self.position = 0
+        self._position = 0  # where the last fit left it
+        self._session: FitSession | None = None  # the fit it answers for
 
     @classmethod
     def cycle(cls, *phases: tuple[str | Iterable[str], int]) -> StepSchedule:
@@ -72,10 +76,10 @@ class StepSchedule:
         after 5 discriminator updates. The cycle is as long as the least common multiple of the periods.
         """
         if not periods:
-            raise OptimizerConfigurationError("StepSchedule.every needs at least one name=period.")
+            raise InvalidArgumentError("StepSchedule.every needs at least one name=period.")
         for name, period in periods.items():
             if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-                raise OptimizerConfigurationError(
+                raise InvalidArgumentError(
                     f"StepSchedule.every: the period of {name!r} must be a positive integer, not {period!r}."
                 )
         length = 1
@@ -97,18 +101,38 @@ class StepSchedule:
         """The optimizers due on the batch at ``position`` (0-based, counted since fit started)."""
         return self._slots[position % len(self._slots)]
 
+    @property
+    def position(self) -> int:
+        """The current batch's position: ``training_step`` calls since the fit started (or where the last fit ended)."""
+        session = self._session
+        return self._position if session is None else session.calls
+
     def due(self, name: str) -> bool:
         """Whether optimizer ``name`` is due on the current batch.
 
         Raises:
-            UnknownOptimizerError: ``name`` is not in this schedule.
+            UnknownOptimizerError: ``name`` is neither in this schedule nor an optimizer of the running fit.
+            InvalidArgumentError: ``name`` is an optimizer of the running fit that this schedule does not list.
         """
+        session = self._session
+        if session is None:
+            from manualopt._session import running_session
+
+            session = running_session()
+            if session is not None:
+                session.attach(self)
         if name not in self.names:
-            raise UnknownOptimizerError(f"{name!r} is not in this StepSchedule; its optimizers are {list(self.names)}.")
+            if session is not None and name in session.names:
+                raise InvalidArgumentError(
+                    f"{name!r} is an optimizer of this module, but this StepSchedule does not list it (it schedules"
+                    f" {list(self.names)}). Add a phase for {name!r}, or step it without asking the schedule."
+                )
+            known = list(self.names) if session is None else session.names
+            raise UnknownOptimizerError(f"{name!r} is not in this StepSchedule; the optimizers are {known}.")
         return name in self.due_at(self.position)
 
     def validate(self, optimizer_names: Iterable[str], attribute: str) -> None:
-        """Check, when fit starts, that every name of the schedule is an optimizer of the module.
+        """Check that every name of the schedule is one of ``optimizer_names``.
 
         Raises:
             OptimizerConfigurationError: A name is not one of ``optimizer_names``.
@@ -117,17 +141,25 @@ class StepSchedule:
         unknown = [name for name in self.names if name not in known]
         if unknown:
             raise OptimizerConfigurationError(
-                f"The StepSchedule `self.{attribute}` names {unknown}, which `configure_optimizers` does not return;"
-                f" the optimizers are {known}."
+                f"The StepSchedule {attribute} names {unknown}, which `configure_optimizers` does not return; the"
+                f" optimizers are {known}."
             )
 
-    def state_dict(self) -> dict[str, Any]:
-        """The position in the cycle, for checkpoints."""
-        return {"position": self.position, "length": len(self)}
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deep-copy without the running fit: a copy answers for where the fit had reached."""
+        state = dict(vars(self))
+        state["_position"], state["_session"] = self.position, None
+        return state
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint's position."""
-        self.position = int(state["position"])
+    def _manualopt_attach(self, session: FitSession) -> None:
+        """Answer for ``session`` (called when its fit starts, or when a ``training_step`` first asks)."""
+        shown = next((f"`self.{attribute}`" for attribute, value in vars(session.module).items() if value is self), "")
+        self.validate(session.names, shown or "of this module")
+        self._session = session
+        session.on_end(self._detach)
+
+    def _detach(self) -> None:
+        self._position, self._session = self.position, None
 
     def __repr__(self) -> str:
         return f"StepSchedule(length={len(self)}, names={list(self.names)}, position={self.position})"

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import AutoNet, TwoNets, checkpoint_steps, loader, trainer
+from helpers import AutoNet, TwoNets, checkpoint_steps, loader, trainer
 from lightning import __version__ as lightning_version
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -174,3 +175,29 @@ def test_load_from_checkpoint_keeps_weights(tmp_path: Path) -> None:
     loaded = TwoNets.load_from_checkpoint(tmp_path / "ckpt" / "epoch=0-step=10.ckpt")
     assert isinstance(loaded.generator, nn.Linear)
     assert torch.equal(loaded.generator.weight, model.generator.weight)
+
+
+class SavesMidWindow(Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.current_epoch == 0 and args[-1] == 4:  # batches 3, 4 of the window (3, 4, 5) are in
+            trainer.save_checkpoint(self.path)
+
+
+class Accumulates(TwoNets):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step("generator", self.losses(batch)[0], accumulate_grad_batches=3)
+
+
+def test_resume_inside_an_accumulation_window_steps_on_the_same_batches(tmp_path: Path) -> None:
+    path = tmp_path / "mid-window.ckpt"
+    uninterrupted = trainer(tmp_path, callbacks=[SavesMidWindow(path)])
+    uninterrupted.fit(Accumulates(), loader())
+    assert uninterrupted.global_step == 8  # windows (0-2), (3-5), (6-8), (9) per epoch
+    resumed = trainer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        resumed.fit(Accumulates(), loader(), ckpt_path=str(path))
+    assert resumed.global_step == uninterrupted.global_step

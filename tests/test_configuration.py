@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TwoNets, loader, trainer
+from helpers import TwoNets, loader, trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from manualopt import (
+    InvalidArgumentError,
     ManualOptimizationError,
     ManualOptimizationModule,
     OptimizerConfigurationError,
@@ -86,8 +88,9 @@ def test_named_mapping_with_scheduler_dicts(tmp_path: Path) -> None:
     fit = trainer(tmp_path)
     fit.fit(model, loader())
     assert model.optimizer_names == ("generator", "discriminator")
-    assert list(model.named_optimizers()) == ["generator", "discriminator"]
-    assert model.named_optimizers()["discriminator"].optimizer is fit.optimizers[1]
+    assert [name for name, _ in model.named_optimizers()] == ["generator", "discriminator"]
+    assert dict(model.named_optimizers())["discriminator"].optimizer is fit.optimizers[1]
+    assert model.optimizer("discriminator") is model.optimizers()[1]
     assert len(fit.lr_scheduler_configs) == 1
 
 
@@ -223,7 +226,7 @@ def test_automatic_optimization_is_always_false() -> None:
     model = TwoNets()
     assert model.automatic_optimization is False
     model.automatic_optimization = False  # what plain Lightning code writes in __init__: accepted
-    with pytest.raises(OptimizerConfigurationError, match=r"always manually optimized.*LightningModule"):
+    with pytest.raises(InvalidArgumentError, match=r"always manually optimized.*LightningModule"):
         model.automatic_optimization = True
     assert model.automatic_optimization is False
 
@@ -250,5 +253,5 @@ def test_subclass_without_training_step_still_fails_like_lightning(tmp_path: Pat
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
-    with pytest.raises(Exception, match="training_step"):
+    with pytest.raises(MisconfigurationException, match=r"No `training_step\(\)` method defined"):
         trainer(tmp_path).fit(NoStep(), loader())

@@ -10,9 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import loader
+from helpers import Automatic, Manual, loader
 from lightning.pytorch.strategies import DDPStrategy
-from test_parity import Automatic, Manual
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 ALL_REDUCES = {"count": 0}

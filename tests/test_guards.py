@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TwoNets, loader, trainer
+from helpers import TwoNets, loader, same, trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -112,17 +112,7 @@ def _assert_nothing_changed(model: Misuser) -> None:
     assert after["grads"].keys() == model.snapshot["grads"].keys()
     for key, value in model.snapshot["grads"].items():
         assert torch.equal(after["grads"][key], value), f"gradient {key} changed"
-    assert _same(after["optimizers"], model.snapshot["optimizers"])
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
-    return bool(a == b)
+    assert same(after["optimizers"], model.snapshot["optimizers"])
 
 
 MODULE_HOOKS = [
@@ -167,9 +157,10 @@ def test_message_names_the_fix(tmp_path: Path) -> None:
     assert "self.manual_step('generator', loss)" in message
 
 
+@pytest.mark.parametrize("action", ["manual_step", "manual_backward"])
 @pytest.mark.parametrize("stage", ["test", "predict", "validate"])
-def test_evaluation_stages_refuse(tmp_path: Path, stage: str) -> None:
-    model = Misuser(None, "torch_optimizer_step")
+def test_evaluation_stages_refuse(tmp_path: Path, stage: str, action: str) -> None:
+    model = Misuser(None, action)
     fit = trainer(tmp_path, max_epochs=1, limit_train_batches=1)
     fit.fit(model, loader())
     model.hook = {"test": "test_step", "predict": "predict_step", "validate": "validation_step"}[stage]
@@ -187,11 +178,18 @@ def test_outside_fit_refuses_before_and_after(tmp_path: Path) -> None:
         model.manual_backward(loss)
     fit = trainer(tmp_path, max_epochs=1)
     fit.fit(model, loader())
-    for action in ["manual_step", "lightning_optimizer_step", "torch_optimizer_step", "manual_backward"]:
+    for action in ["manual_step", "manual_backward"]:
         model.action = action
         with pytest.raises(StepOutsideTrainingStepError, match=r"outside a running `Trainer\.fit`"):
             model.misuse()
         _assert_nothing_changed(model)
+    # the fit's step guards ended with it: the optimizers are plain PyTorch again
+    for action in ["lightning_optimizer_step", "torch_optimizer_step"]:
+        model.action = action
+        model.misuse()
+        assert not torch.equal(
+            model.state()["weights"]["generator.weight"], model.snapshot["weights"]["generator.weight"]
+        )
 
 
 class StepsWhileConfiguring(TwoNets):
@@ -332,3 +330,17 @@ class CallsTrainingStepFromAHook(TwoNets):
 def test_training_step_called_from_a_hook_is_not_a_training_step(tmp_path: Path) -> None:
     with pytest.raises(StepOutsideTrainingStepError, match=r"`CallsTrainingStepFromAHook\.on_train_batch_end`"):
         trainer(tmp_path).fit(CallsTrainingStepFromAHook(), loader())
+
+
+def test_validate_with_a_new_trainer_refuses_manual_step(tmp_path: Path) -> None:
+    class StepsInValidation(TwoNets):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step("generator", self.losses(batch)[0])
+
+    model = StepsInValidation()
+    trainer(tmp_path, max_epochs=1).fit(model, loader())
+    from manualopt import StepOutsideTrainingStepError
+
+    with pytest.raises(StepOutsideTrainingStepError, match=r"`StepsInValidation\.validation_step` during"):
+        trainer(tmp_path).validate(model, loader(2))
+    assert dict(model.named_optimizers()) == {}

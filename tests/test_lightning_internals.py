@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TwoNets, loader, trainer
+from helpers import SkipsOddBatches, StockTwoNets, TwoNets, loader, trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_step_accounting import SkipsOddBatches, StockTwoNets
 
 from manualopt import StepOutsideTrainingStepError, _lightning
 
@@ -71,13 +71,6 @@ def test_is_last_batch(tmp_path: Path) -> None:
     model = LastBatchProbe()
     trainer(tmp_path, max_epochs=2, limit_train_batches=4).fit(model, loader())
     assert model.last == [False, False, False, True] * 2
-
-
-def test_placeholder_optimizer() -> None:
-    from lightning.pytorch.core.optimizer import _MockOptimizer
-
-    assert _lightning.is_placeholder_optimizer(_MockOptimizer())
-    assert not _lightning.is_placeholder_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)]))
 
 
 class SchedulerProbe(Callback):
@@ -152,26 +145,6 @@ def test_checkpoint_routing_is_removed_after_fit_and_ignores_other_modules(tmp_p
     assert "on_train_batch_end" not in vars(checkpoint)
 
 
-class SeesModule(ModelCheckpoint):
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.seen = pl_module
-
-
-def test_automatic_view() -> None:
-    model, other = TwoNets(), TwoNets()
-    callback = SeesModule()
-    _lightning.route_checkpoint_through_automatic_path(callback, lambda module: module is model)
-    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
-    assert callback.seen is not model
-    assert callback.seen.automatic_optimization is True
-    assert callback.seen.generator is model.generator  # everything else is the module's
-    callback.on_train_batch_end(None, other, None, None, 0)  # type: ignore[arg-type]
-    assert callback.seen is other
-    _lightning.unroute_checkpoint(callback)
-    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
-    assert callback.seen is model
-
-
 def test_stock_module_is_untouched_by_routing(tmp_path: Path) -> None:
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1)
     fit = trainer(tmp_path, max_epochs=1, callbacks=[checkpoint], enable_checkpointing=True)
@@ -197,11 +170,115 @@ def test_lightning_optimizer_refuses_before_the_precision_plugin_runs(tmp_path: 
     assert model.closure_ran is False
 
 
-def test_lightning_optimizer_wrapper_is_idempotent(tmp_path: Path) -> None:
+class SeesModule(ModelCheckpoint):
+    """A checkpoint callback whose hooks record the module they are shown."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.seen = pl_module
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seen_at_validation_end = pl_module
+
+
+def test_automatic_view_is_the_module_in_all_but_automatic_optimization() -> None:
+    model = TwoNets()
+    view = _lightning.automatic_view(model)
+    assert view.automatic_optimization is True
+    assert model.automatic_optimization is False
+    assert isinstance(view, TwoNets)
+    assert view.generator is model.generator
+    view.marker = 1  # type: ignore[attr-defined]
+    assert model.marker == 1  # type: ignore[attr-defined]
+    assert view.state_dict().keys() == model.state_dict().keys()
+
+
+def test_routing_covers_every_hook_the_callback_defines_and_only_chosen_modules() -> None:
+    model, other = TwoNets(), TwoNets()
+    callback = SeesModule()
+    undo = _lightning.route_checkpoint_through_automatic_path(callback, lambda module: module is model, key=object())
+    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
+    callback.on_validation_end(None, model)  # type: ignore[arg-type]
+    assert callback.seen is not model
+    assert callback.seen.automatic_optimization is True
+    assert callback.seen_at_validation_end.automatic_optimization is True
+    callback.on_train_batch_end(None, other, None, None, 0)  # type: ignore[arg-type]
+    assert callback.seen is other
+    undo()
+    assert not {"on_train_batch_end", "on_validation_end"} & set(vars(callback))
+    callback.on_train_batch_end(None, model, None, None, 0)  # type: ignore[arg-type]
+    assert callback.seen is model
+
+
+def test_patches_restore_what_was_there_and_leave_later_patches_alone() -> None:
+    callback = ModelCheckpoint()
+
+    def earlier(*args: Any) -> None:
+        return None
+
+    callback.on_train_batch_end = earlier  # type: ignore[method-assign]  # e.g. a profiler's instance patch
+    key = object()
+    undo = _lightning.route_checkpoint_through_automatic_path(callback, lambda module: True, key)
+    assert vars(callback)["on_train_batch_end"] is not earlier
+    again = _lightning.route_checkpoint_through_automatic_path(callback, lambda module: True, key)
+    again()  # patching twice with one key kept the first patch, and undoing the second changes nothing
+    assert vars(callback)["on_train_batch_end"] is not earlier
+    undo()
+    assert vars(callback)["on_train_batch_end"] is earlier
+    undo = _lightning.route_checkpoint_through_automatic_path(callback, lambda module: True, key)
+
+    def later(*args: Any) -> None:
+        return None
+
+    callback.on_train_batch_end = later  # type: ignore[method-assign]  # someone else patches on top of ours
+    undo()
+    assert vars(callback)["on_train_batch_end"] is later
+
+
+def test_lightning_optimizer_wrapper_refuses_first_and_is_removed(tmp_path: Path) -> None:
     model = TwoNets()
     fit = trainer(tmp_path, max_epochs=1)
     fit.fit(model, loader())
     optimizer = model.optimizers()[0]
-    wrapped = vars(optimizer)["step"]
-    _lightning.wrap_lightning_optimizer_step(optimizer, fit, lambda: None)
-    assert vars(optimizer)["step"] is wrapped
+    assert "step" not in vars(optimizer)  # removed when the fit ended
+    calls: list[str] = []
+    undo = _lightning.wrap_lightning_optimizer_step(optimizer, fit, lambda: calls.append("before"), key=object())
+    before = _lightning.global_step(fit)
+    optimizer.step()
+    assert calls == ["before"]
+    assert _lightning.global_step(fit) == before  # Lightning's per-call count is put back
+    undo()
+    assert "step" not in vars(optimizer)
+
+
+def test_parse_optimizer_config_reads_like_automatic_optimization() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    optimizers, configs = _lightning.parse_optimizer_config(
+        {"optimizer": optimizer, "lr_scheduler": plateau, "monitor": "val_loss"}
+    )
+    assert optimizers == [optimizer]
+    assert configs[0].scheduler is plateau
+    assert (configs[0].monitor, configs[0].reduce_on_plateau, configs[0].interval) == ("val_loss", True, "epoch")
+    with pytest.raises(MisconfigurationException, match="must include a monitor"):
+        _lightning.parse_optimizer_config({"optimizer": optimizer, "lr_scheduler": plateau})
+    with pytest.raises(ValueError, match="must include a monitor"), _lightning.configuration_errors_as(ValueError):
+        _lightning.parse_optimizer_config({"optimizer": optimizer, "lr_scheduler": plateau})
+
+
+def test_step_scheduler_counts_like_automatic_optimization(tmp_path: Path) -> None:
+    model = LogsInSchedulerHook()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    progress = fit.fit_loop.epoch_loop.scheduler_progress
+    assert progress.total.ready == progress.total.completed == 10  # one per step-interval scheduler step
+
+
+def test_move_callback_first_and_no_backward_sync(tmp_path: Path) -> None:
+    first, second = Callback(), Callback()
+    fit = trainer(tmp_path, callbacks=[first, second])
+    _lightning.move_callback_first(fit, second)
+    assert fit.callbacks.index(second) == 0  # type: ignore[attr-defined]
+    assert fit.callbacks.index(first) == 1  # type: ignore[attr-defined]
+    with _lightning.no_backward_sync(fit):  # single device: nothing to block
+        pass

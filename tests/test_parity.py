@@ -17,77 +17,14 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import loader
+from helpers import Automatic, Manual, loader, same
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
-
-from manualopt import ManualOptimizationModule
 
 OPTIMIZERS = ["adam", "sgd-momentum"]
 SCHEDULERS = ["none", "step-interval-frequency-2", "epoch-interval", "plateau-val-loss"]
 ACCUMULATE = [1, 3]
 CLIPPING = [(None, None), (0.5, "norm"), (0.05, "value")]
-
-
-class Twin:
-    """The model both twins share; only ``training_step`` differs."""
-
-    def __init__(self, optimizer: str = "adam", scheduler: str = "none", **step: Any) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
-        self.optimizer_name, self.scheduler_name, self.step_options = optimizer, scheduler, step
-        self.learning_rates: list[float] = []
-
-    def loss(self, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch))  # type: ignore[attr-defined]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.learning_rates.append(self.trainer.optimizers[0].param_groups[0]["lr"])  # type: ignore[attr-defined]
-
-    def configure_optimizers(self) -> Any:
-        if self.optimizer_name == "adam":
-            optimizer: torch.optim.Optimizer = torch.optim.Adam(self.net.parameters(), lr=0.02)
-        else:
-            optimizer = torch.optim.SGD(self.net.parameters(), lr=0.02, momentum=0.9)
-        schedulers = {
-            "none": None,
-            "step-interval-frequency-2": {
-                "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9),
-                "interval": "step",
-                "frequency": 2,
-            },
-            "epoch-interval": {
-                "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
-                "interval": "epoch",
-            },
-            "plateau-val-loss": {
-                "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0),
-                "monitor": "val_loss",
-            },
-        }
-        scheduler = schedulers[self.scheduler_name]
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-class Automatic(Twin, pl.LightningModule):
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
-
-
-class Manual(Twin, ManualOptimizationModule):
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        self.manual_step(0, loss, **self.step_options)
-        return loss
 
 
 def _train(root: Path, model: pl.LightningModule, trainer_options: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -128,16 +65,6 @@ def _train(root: Path, model: pl.LightningModule, trainer_options: dict[str, Any
     }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
-    return bool(a == b)
-
-
 def _run_pair(tmp_path: Path, optimizer: str, scheduler: str, accumulate: int, clip: tuple[Any, Any], **extra: Any):
     clip_val, clip_algorithm = clip
     automatic = _train(
@@ -173,8 +100,8 @@ def _assert_identical(automatic: dict[str, Any], manual: dict[str, Any]) -> None
     assert manual["csv"] == automatic["csv"]
     for ours, theirs in zip(manual["params"], automatic["params"], strict=True):
         assert torch.equal(ours, theirs)
-    assert _same(manual["last_optimizer_states"], automatic["last_optimizer_states"])
-    assert _same(manual["last_scheduler_states"], automatic["last_scheduler_states"])
+    assert same(manual["last_optimizer_states"], automatic["last_optimizer_states"])
+    assert same(manual["last_scheduler_states"], automatic["last_scheduler_states"])
 
 
 GRID = list(itertools.product(OPTIMIZERS, SCHEDULERS, ACCUMULATE, CLIPPING))

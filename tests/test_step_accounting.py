@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import TwoNets, checkpoint_steps, loader, trainer
-from lightning.pytorch import LightningModule
+from helpers import SkipsOddBatches, StockTwoNets, TwoNets, checkpoint_steps, loader, trainer
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
+
+from manualopt import UnknownOptimizerError
 
 STYLES = ["named", "indexed", "plain", "raw"]
-
-
-class StockTwoNets(LightningModule):
-    """The same two-optimizer model on stock Lightning: the behaviour manualopt fixes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.generator = nn.Linear(4, 1)
-        self.discriminator = nn.Linear(4, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        for opt, net in zip(self.optimizers(), (self.generator, self.discriminator), strict=True):
-            opt.zero_grad()
-            self.manual_backward(nn.functional.mse_loss(net(x), y))
-            opt.step()
-
-    def configure_optimizers(self) -> Any:
-        return [
-            torch.optim.SGD(self.generator.parameters(), lr=0.01),
-            torch.optim.SGD(self.discriminator.parameters(), lr=0.01),
-        ]
 
 
 def test_stock_lightning_counts_each_optimizer_step(tmp_path: Path) -> None:
@@ -93,21 +71,6 @@ def test_generator_every_fifth_batch(tmp_path: Path, style: str) -> None:
     fit.fit(model, loader())
     assert fit.global_step == 20  # one training step per batch, however many optimizers stepped in it
     assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}
-
-
-class SkipsOddBatches(TwoNets):
-    """Steps both optimizers on even batches only; logs only when it stepped."""
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        self.training_step_calls += 1
-        self.global_steps_seen.append(self.trainer.global_step)
-        if batch_idx % 2:
-            return None
-        g_loss, d_loss = self.losses(batch)
-        self.manual_step("discriminator", d_loss)
-        self.manual_step("generator", g_loss)
-        self.log("d_loss", d_loss)
-        return None
 
 
 def test_batches_without_a_step_do_not_count(tmp_path: Path) -> None:
@@ -207,3 +170,51 @@ def test_validation_after_a_batch_without_step_keeps_its_gradients(tmp_path: Pat
     # batch 0 only accumulated; the validation after it must not zero the window's gradients
     assert all(grad is not None for grad in model.grads_before_batch_1)
     assert fit.global_step == 5
+
+
+def test_no_optimizers_means_no_training_steps(tmp_path: Path) -> None:
+    class NoOptimizer(TwoNets):
+        def configure_optimizers(self) -> None:
+            return None
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            with pytest.raises(UnknownOptimizerError, match="returned no optimizer"):
+                self.manual_step(0, self.losses(batch)[0])
+
+    model = NoOptimizer()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*`LightningModule.configure_optimizers` returned `None`.*")
+        fit = trainer(tmp_path, max_epochs=1)
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert model.optimizer_names == ()
+
+
+def test_a_failed_step_does_not_stop_the_counting(tmp_path: Path) -> None:
+    class Fails(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            g_loss = self.losses(batch)[0]
+
+            def broken() -> None:
+                raise ArithmeticError
+
+            with pytest.raises(ArithmeticError):
+                self.optimizers()[1].step(closure=broken)
+            self.result = self.manual_step("generator", g_loss)
+
+    model = Fails()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert model.result.stepped
+    assert fit.global_step == 10
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 0}
+
+
+def test_fitting_on_with_the_same_trainer_continues_the_counters(tmp_path: Path) -> None:
+    model = TwoNets(generator_every=5)
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    fit.fit_loop.max_epochs = 2
+    fit.fit(model, loader())
+    assert fit.global_step == 20
+    assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}

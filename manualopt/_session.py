@@ -1,0 +1,404 @@
+"""One fit of one ``ManualOptimizationModule``: its optimizers, everything it installs, and the running training step.
+
+Three objects, one lifetime each:
+
+* :class:`ModuleLink` lives as long as the module: its callback, what ``configure_optimizers`` returned last, and the
+  current (or last) fit's session.
+* :class:`FitSession` lives for one ``Trainer.fit``: one :class:`~manualopt._optimizers.OptimizerRecord` per optimizer,
+  the counters, and every hook and patch the fit installed, each with its undo. Starting a fit makes a new session;
+  ending it runs the undos. Nothing a session installed outlives it.
+* :class:`StepCall` lives for one ``training_step`` call made by Lightning's training loop: whether an optimizer
+  stepped in it, the clipping a ``manual_step`` asked for, and whether it is the epoch's last batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch.optim import Optimizer
+
+from manualopt import _lightning
+from manualopt._guard import refuse
+from manualopt._optimizers import Configured, OptimizerRecord, Window
+from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+
+    from manualopt.ema import EMA
+    from manualopt.types import OptimizerKey
+
+__all__ = ["CHECKPOINT_KEY", "FitSession", "ModuleLink", "StepCall", "link_of", "running_session"]
+
+#: Key of manualopt's entry in a checkpoint dictionary.
+CHECKPOINT_KEY = "manualopt"
+#: Version of that entry: 1 (manualopt 0.1) had per-schedule positions and windows without their clipping.
+CHECKPOINT_FORMAT = 2
+_LINK = "_manualopt_link"
+_running = threading.local()  # the session whose training_step runs in this thread (for StepSchedule.due)
+
+
+class ModuleLink:
+    """What manualopt keeps beside one module for as long as the module lives (dropped when it is pickled)."""
+
+    __slots__ = ("callback", "configured", "configuring", "frozen", "pending", "session")
+
+    def __init__(self) -> None:
+        self.callback: Callback | None = None
+        self.configured: Configured | None = None  # from Lightning's last configure_optimizers call
+        self.session: FitSession | None = None  # the running fit's, or the last one's
+        self.pending: dict[str, Any] | None = None  # a checkpoint entry loaded before the session could apply it
+        self.frozen: dict[int, int] = {}  # how many open toggled_optimizer blocks froze each parameter, by id
+        self.configuring = False  # whether configure_optimizers is running (its super() chain reads nothing)
+
+
+def link_of(module: pl.LightningModule) -> ModuleLink:
+    """The module's link, created on first use (so it does not depend on ``__init__`` order)."""
+    attributes = vars(module)
+    link = attributes.get(_LINK)
+    if link is None:
+        link = attributes[_LINK] = ModuleLink()
+    return link
+
+
+def session_of(module: pl.LightningModule) -> FitSession | None:
+    """The module's running or last session, without creating anything."""
+    link = vars(module).get(_LINK)
+    return None if link is None else link.session
+
+
+def running_session() -> FitSession | None:
+    """The session whose ``training_step`` runs in this thread, if any."""
+    return getattr(_running, "session", None)
+
+
+class StepCall:
+    """One ``training_step`` call of Lightning's training loop."""
+
+    __slots__ = ("_last_batch", "base", "epoch", "index", "pending_clip", "stepped", "thread")
+
+    def __init__(self, index: int, base: int, epoch: int) -> None:
+        self.thread = threading.get_ident()
+        self.index = index  # training_step calls before this one, in this run
+        self.base = base  # trainer.global_step when the call started
+        self.epoch = epoch  # trainer.current_epoch
+        self.stepped = False  # whether any optimizer updated in it
+        self.pending_clip: tuple[Optimizer, float | None, str] | None = None  # what manual_step asked to clip
+        self._last_batch: bool | None = None
+
+    def last_batch(self, trainer: pl.Trainer) -> bool:
+        """Whether this call's batch is the last of the epoch (asked once per call)."""
+        if self._last_batch is None:
+            self._last_batch = _lightning.is_last_batch(trainer)
+        return self._last_batch
+
+
+class FitSession:
+    """Everything one ``Trainer.fit`` of one module installs and counts.
+
+    Attributes:
+        module: The module being fitted.
+        trainer: The Trainer running the fit.
+        records: One record per optimizer, in ``trainer.optimizers`` order.
+        calls: ``training_step`` calls made by the training loop in this run (restored on resume); the position of
+            every ``StepSchedule``.
+        batch_stepped: Whether the current (or last) batch made a training step.
+        call: The running ``training_step`` call, or None.
+        driven: The scheduler configs manualopt steps, in configuration order, with their optimizer's record.
+        averages: The ``EMA`` modules found when the fit started.
+        custom_clipping: Whether the module overrides ``configure_gradient_clipping`` (then it is called on every
+            update, as automatic optimization calls it).
+        active: Whether the fit is running (False once :meth:`end` ran).
+    """
+
+    def __init__(
+        self,
+        module: pl.LightningModule,
+        trainer: pl.Trainer,
+        configured: Configured | None,
+        previous: FitSession | None,
+    ) -> None:
+        self.module, self.trainer = module, trainer
+        self.records: list[OptimizerRecord] = []
+        self._by_name: dict[str, OptimizerRecord] = {}
+        self._by_object: dict[int, OptimizerRecord] = {}
+        self.calls = 0
+        self.batch_stepped = True
+        self.call: StepCall | None = None
+        self.driven: list[tuple[OptimizerRecord, LRSchedulerConfig, int]] = []
+        self.averages: list[EMA] = []
+        self._attached: set[int] = set()
+        self._undo: list[Callable[[], None]] = []
+        self.active = False
+        self.custom_clipping = type(module).configure_gradient_clipping is not _base_clipping()
+        self._create_records(configured)
+        if previous is not None and previous.trainer is trainer:
+            # fitting on with the same Trainer, whose global_step goes on: so do the counters
+            self.calls = previous.calls
+            for record in self.records:
+                earlier = previous._by_name.get(record.name)
+                record.updates = 0 if earlier is None else earlier.updates
+
+    # ------------------------------------------------------------------ optimizers
+
+    def _create_records(self, configured: Configured | None) -> None:
+        trainer = self.trainer
+        if configured is None or not configured.optimizers:
+            return  # no optimizer: Lightning runs the fit with a placeholder, which is never counted
+        held = list(trainer.optimizers)
+        if len(held) != len(configured.optimizers) or any(
+            a is not b for a, b in zip(held, configured.optimizers, strict=True)
+        ):
+            raise OptimizerConfigurationError(
+                f"The strategy {type(trainer.strategy).__name__} replaced the optimizers that `configure_optimizers`"
+                f" returned ({configured.names}) with {[type(o).__name__ for o in held]}, so manualopt cannot count"
+                " their steps. Use a strategy that keeps your optimizers (single device, DDP, FSDP), or train this"
+                " module as a plain LightningModule."
+            )
+        wrapped = self.module.optimizers()
+        wrappers = wrapped if isinstance(wrapped, list) else [wrapped]
+        for index, (name, optimizer) in enumerate(zip(configured.names, configured.optimizers, strict=True)):
+            lightning = wrappers[index]
+            assert isinstance(lightning, LightningOptimizer)  # Lightning wraps every optimizer it holds
+            schedulers = [s for s in configured.schedulers if getattr(s.scheduler, "optimizer", None) is optimizer]
+            record = OptimizerRecord(name, index, optimizer, lightning, configured.defaults[name], schedulers)
+            self.records.append(record)
+            self._by_name[name] = record
+            self._by_object[id(optimizer)] = record
+            self._by_object[id(lightning)] = record
+        for config in configured.schedulers:
+            for record in self.records:
+                if config in record.schedulers:
+                    self.driven.append((record, config, record.schedulers.index(config)))
+
+    @property
+    def names(self) -> list[str]:
+        """The optimizer names, in ``trainer.optimizers`` order."""
+        return [record.name for record in self.records]
+
+    def record(self, key: OptimizerKey) -> OptimizerRecord:
+        """The record of the optimizer addressed by ``key``: a name, an index, or the optimizer (raw or wrapped).
+
+        Raises:
+            UnknownOptimizerError: ``key`` addresses no optimizer of this fit; the message lists the valid names.
+        """
+        found: OptimizerRecord | None = None
+        if isinstance(key, str):
+            found = self._by_name.get(key)
+        elif isinstance(key, int) and not isinstance(key, bool):
+            if -len(self.records) <= key < len(self.records):
+                found = self.records[key]
+        elif isinstance(key, (Optimizer, LightningOptimizer)):
+            found = self._by_object.get(id(key))
+        if found is not None:
+            return found
+        if not self.records:
+            raise UnknownOptimizerError(
+                "`configure_optimizers` returned no optimizer, so there is nothing to step. Return one, or a mapping"
+                ' of names such as `{"generator": opt_g, "discriminator": opt_d}`.'
+            )
+        shown = key if isinstance(key, (str, int)) else type(key).__name__
+        raise UnknownOptimizerError(
+            f"Unknown optimizer {shown!r}. This module's optimizers are {self.names}; address one by name, by index,"
+            " or pass an optimizer from `self.optimizers()`."
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, callback_owns: Callable[[pl.LightningModule], bool]) -> None:
+        """Install the fit's hooks and patches, and find the module's schedules and averages (before any batch)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        self.active = True
+        trainer, key = self.trainer, self
+        for record in self.records:
+            self._install_step_hooks(record)
+            self._undo.append(
+                _lightning.wrap_lightning_optimizer_step(record.lightning, trainer, self._guard(record), key)
+            )
+        self._undo.append(_lightning.install_step_gate(trainer, self._batch_made_no_step, key))
+        self._undo.append(
+            _lightning.install_scheduler_driver(
+                trainer, lambda: trainer.lightning_module is self.module, self._update_schedulers, key
+            )
+        )
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                self._undo.append(_lightning.route_checkpoint_through_automatic_path(callback, callback_owns, key))
+        for component in _components(self.module):
+            self.attach(component)
+
+    def attach(self, component: Any) -> None:
+        """Bind a ``StepSchedule`` or ``EMA`` to this fit (once), through its own ``_manualopt_attach``."""
+        if id(component) not in self._attached:
+            self._attached.add(id(component))
+            component._manualopt_attach(self)
+
+    def on_end(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` when the fit ends (successfully or not)."""
+        self._undo.append(undo)
+
+    def end(self) -> None:
+        """Remove everything the fit installed, in reverse order. Safe to call twice."""
+        self.active = False
+        self.call = None
+        undo, self._undo = self._undo, []
+        for function in reversed(undo):
+            function()
+
+    def _install_step_hooks(self, record: OptimizerRecord) -> None:
+        # Wrapper optimizers such as SAM step a ``base_optimizer`` of their own; its steps are this optimizer's
+        # updates, counted once whether the wrapper's step runs them or the user's code does (first_step/second_step).
+        targets = [(record.optimizer, True)]
+        inner = getattr(record.optimizer, "base_optimizer", None)
+        if isinstance(inner, Optimizer) and inner is not record.optimizer:
+            targets.append((inner, False))
+        for optimizer, own in targets:
+            self._undo.append(optimizer.register_step_pre_hook(self._pre_hook(record, own)).remove)
+            self._undo.append(optimizer.register_step_post_hook(self._post_hook(record, own)).remove)
+
+    def _pre_hook(self, record: OptimizerRecord, own: bool) -> Callable[[Optimizer, Any, Any], None]:
+        def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            if not self.inside():
+                refuse(self.module, f"`{type(optimizer).__name__}.step()` of optimizer {record.name!r}", record.name)
+            if own:
+                record.stepping = True
+
+        return pre_hook
+
+    def _post_hook(self, record: OptimizerRecord, own: bool) -> Callable[[Optimizer, Any, Any], None]:
+        # Counting happens here, after the torch optimizer really stepped: a step that a precision plugin skipped
+        # never reaches it. ``_stepping.update`` reads ``record.updates`` to tell whether its step was real.
+        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            if own:
+                record.stepping = False
+            elif record.stepping:
+                return  # the inner optimizer's step inside its wrapper's step: one update, counted by the wrapper
+            record.updates += 1
+            call = self.call
+            if call is not None:
+                call.stepped = True
+            for average in record.averages:
+                average.update()
+
+        return post_hook
+
+    def _guard(self, record: OptimizerRecord) -> Callable[[], None]:
+        def check() -> None:
+            if not self.inside():
+                refuse(self.module, f"`optimizer.step()` of the LightningOptimizer {record.name!r}", record.name)
+
+        return check
+
+    def _batch_made_no_step(self) -> bool:
+        return self.active and not self.batch_stepped and self.trainer.lightning_module is self.module
+
+    def _update_schedulers(self, interval: str, plateau: bool, batch_idx: int) -> None:
+        from manualopt._schedulers import update_schedulers
+
+        update_schedulers(self, interval, plateau, batch_idx)
+
+    # ------------------------------------------------------------------ training_step calls
+
+    def inside(self) -> bool:
+        """Whether the code runs in this fit's ``training_step``, called by Lightning's loop, in that call's thread."""
+        call = self.call
+        return call is not None and call.thread == threading.get_ident()
+
+    def begin_call(self) -> StepCall:
+        """Open a ``training_step`` call."""
+        trainer = self.trainer
+        call = self.call = StepCall(self.calls, _lightning.global_step(trainer), trainer.current_epoch)
+        for record in self.records:
+            record.stepping = False
+        _running.session = self
+        return call
+
+    def end_call(self, call: StepCall) -> None:
+        """Close it: count the training step if an optimizer stepped, and advance every ``StepSchedule``."""
+        self.call = None
+        _running.session = None
+        self.calls += 1
+        self.batch_stepped = call.stepped
+        _lightning.set_global_step(self.trainer, call.base + call.stepped)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Manualopt's entry of a checkpoint: names, counters, open accumulation windows."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "optimizer_names": self.names,
+            "optimizer_updates": {record.name: record.updates for record in self.records},
+            "batch_stepped": self.batch_stepped,
+            "training_step_calls": self.calls,
+            "accumulation_windows": {
+                record.name: record.window.state_dict() for record in self.records if record.window.count
+            },
+        }
+
+    def load_state_dict(self, entry: dict[str, Any]) -> None:
+        """Continue from a checkpoint's entry.
+
+        Raises:
+            OptimizerConfigurationError: The checkpoint was written for other optimizer names or order, or by a
+                newer manualopt.
+        """
+        version = entry.get("format")
+        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT:
+            raise OptimizerConfigurationError(
+                f"The checkpoint being resumed holds a manualopt entry of format {version!r}, which this manualopt"
+                f" does not know (it reads formats 1 to {CHECKPOINT_FORMAT}); it was probably written by a newer"
+                " release. Upgrade manualopt to resume it."
+            )
+        names = list(entry.get("optimizer_names", []))
+        if names != self.names:
+            raise OptimizerConfigurationError(
+                f"The checkpoint being resumed was written with the optimizers {names} but `configure_optimizers`"
+                f" now returns {self.names}. Resume with the same optimizer names and order, or start a new run"
+                " without `ckpt_path`."
+            )
+        updates = entry.get("optimizer_updates", {})
+        windows = entry.get("accumulation_windows", {})
+        for record in self.records:
+            record.updates = int(updates.get(record.name, 0))
+            # An accumulation window open at the checkpoint goes on counting its micro-batches (their gradients, as
+            # in automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
+            record.window = Window.from_state(windows[record.name]) if record.name in windows else Window()
+        self.batch_stepped = bool(entry.get("batch_stepped", True))
+        if version == 1:  # positions were kept per schedule, all equal to the training_step calls
+            positions = [int(state["position"]) for state in entry.get("schedules", {}).values()]
+            self.calls = positions[0] if positions else 0
+        else:
+            self.calls = int(entry.get("training_step_calls", 0))
+
+
+def _base_clipping() -> Any:
+    from lightning.pytorch import LightningModule
+
+    return LightningModule.configure_gradient_clipping
+
+
+def _components(module: pl.LightningModule) -> Iterator[Any]:
+    """Every ``StepSchedule`` and ``EMA`` of the module, found by one rule.
+
+    The rule: the module and its submodules, their attributes, and the items of attributes that are lists, tuples or
+    dictionaries. What has a ``_manualopt_attach`` method is a component.
+    """
+    for owner in module.modules():
+        candidates: list[Any] = [owner]
+        for value in vars(owner).values():
+            if isinstance(value, dict):
+                candidates.extend(value.values())
+            elif isinstance(value, (list, tuple)):
+                candidates.extend(value)
+            else:
+                candidates.append(value)
+        for candidate in candidates:
+            if callable(getattr(type(candidate), "_manualopt_attach", None)):
+                yield candidate

@@ -1,0 +1,61 @@
+"""Scheduler configs stepped for manual_step optimizers: where, when, monitored metrics, and a second stepper."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import TwoNets, loader, trainer
+
+from manualopt import ManualOptimizationWarning, OptimizerConfigurationError
+
+
+def test_no_ignored_keys_warning(tmp_path: Path) -> None:
+    class Plateau(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "strict": True}}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            g_loss, d_loss = self.losses(batch)
+            self.manual_step(0, g_loss + d_loss)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=2, limit_val_batches=1).fit(Plateau(), loader(), loader(2))
+    assert not [w for w in caught if "will be ignored" in str(w.message)]
+
+
+def test_plateau_without_logged_metric_names_it(tmp_path: Path) -> None:
+    class Plateau(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": plateau, "monitor": "missing_metric"}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step(0, sum(self.losses(batch)))
+
+    with pytest.raises(OptimizerConfigurationError, match="monitors 'missing_metric', which was not logged"):
+        trainer(tmp_path, max_epochs=1).fit(Plateau(), loader())
+
+
+def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
+    class DoubleSteps(TwoNets):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, 1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step(0, sum(self.losses(batch)))
+            self.lr_schedulers().step()  # as stock manual optimization requires, but manualopt steps it already
+
+    with pytest.warns(
+        ManualOptimizationWarning, match="stepped outside manualopt.*Remove your own `scheduler.step\\(\\)`"
+    ):
+        trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
