@@ -45,6 +45,7 @@ class ManualOptimizationCallback(Callback):
         link = link_of(pl_module)
         if link.session is not None:
             link.session.end()
+        link.returned = None
         session = link.session = FitSession(pl_module, trainer, link.configured, previous=link.session)
         session.start(_is_manual_module)
         self._apply_pending(pl_module, session)
@@ -55,15 +56,6 @@ class ManualOptimizationCallback(Callback):
         session = self._session(pl_module)
         if session is not None:
             self._apply_pending(pl_module, session)
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """A new batch has made no training step yet."""
-        session = self._session(pl_module)
-        if session is not None:
-            session.batch_stepped = False
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -85,9 +77,12 @@ class ManualOptimizationCallback(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Store the counters, the open accumulation windows and the schedules' position in the checkpoint."""
-        session = self._session(pl_module)
-        if session is not None:
+        """Store the counters, the open accumulation windows and the schedules' position in the checkpoint.
+
+        A checkpoint saved after the fit (``trainer.save_checkpoint`` once ``fit`` returned) holds where it ended.
+        """
+        session = session_of(pl_module) if self._owns(pl_module) else None
+        if session is not None and session.trainer is trainer:
             checkpoint[CHECKPOINT_KEY] = session.state_dict()
 
     @override

@@ -44,6 +44,7 @@ __all__ = [
     "install_scheduler_driver",
     "install_step_gate",
     "is_last_batch",
+    "is_spawned_worker",
     "move_callback_first",
     "no_backward_sync",
     "parse_optimizer_config",
@@ -178,9 +179,13 @@ def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool
 
 
 def wrap_lightning_optimizer_step(
-    optimizer: LightningOptimizer, trainer: pl.Trainer, before: Callable[[], None], key: object
+    optimizer: LightningOptimizer,
+    trainer: pl.Trainer,
+    allowed: Callable[[], bool],
+    refuse: Callable[[], None],
+    key: object,
 ) -> Undo:
-    """Run ``before`` first in every ``optimizer.step`` call, and keep Lightning's step tracker out of the count.
+    """Call ``refuse`` unless ``allowed()``, first in every ``optimizer.step``; keep Lightning's step tracker still.
 
     Why: ``LightningOptimizer.step`` runs the precision plugin, which under 16-bit AMP runs the closure, calls
     ``on_before_optimizer_step`` and unscales the gradients *before* the torch optimizer's own step hooks fire. A step
@@ -193,15 +198,18 @@ def wrap_lightning_optimizer_step(
         The function that removes the wrapper.
     """
     inner = optimizer.step
+    progress = _manual_progress(trainer)
+    total, current = progress.total, progress.current
 
     @functools.wraps(inner)
     def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        before()
-        snapshot = global_step_snapshot(trainer)
+        if not allowed():
+            refuse()
+        snapshot = total.ready, total.completed, current.ready, current.completed
         try:
             return inner(closure, **kwargs)
         finally:
-            restore_global_step(trainer, snapshot)
+            total.ready, total.completed, current.ready, current.completed = snapshot
 
     return _patch(optimizer, "step", step, key)
 
@@ -306,6 +314,20 @@ def no_backward_sync(trainer: pl.Trainer) -> contextlib.AbstractContextManager[A
     """
     block = getattr(trainer.strategy, "block_backward_sync", None)
     return block() if block is not None else contextlib.nullcontext()
+
+
+def is_spawned_worker(trainer: pl.Trainer) -> bool:
+    """Whether this fit runs in a process that ``ddp_spawn`` (or ``ddp_fork``) started.
+
+    Why: such a worker hands its results back to the main process through the module's ``state_dict``, which the main
+    process loads with ``strict=False`` (``_MultiProcessingLauncher._collect_rank_zero_results`` and
+    ``_recover_results_in_main_process``); nothing else of the worker's fit returns. manualopt adds its counters to that
+    one ``state_dict`` so that ``optimizer_updates`` and the schedules' position come back too. It can go when the
+    launcher carries extra state from a public hook.
+    """
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
 # ---------------------------------------------------------------------------------------------------------- schedulers

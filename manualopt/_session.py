@@ -33,10 +33,22 @@ if TYPE_CHECKING:
     from manualopt.ema import EMA
     from manualopt.types import OptimizerKey
 
-__all__ = ["CHECKPOINT_KEY", "FitSession", "ModuleLink", "StepCall", "link_of", "running_session"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "SPAWN_RESULT_KEY",
+    "FitSession",
+    "ModuleLink",
+    "StepCall",
+    "components",
+    "link_of",
+    "running_session",
+    "session_of",
+]
 
 #: Key of manualopt's entry in a checkpoint dictionary.
 CHECKPOINT_KEY = "manualopt"
+#: Key under which a ``ddp_spawn`` worker sends the fit's counters back, in the module's ``state_dict``.
+SPAWN_RESULT_KEY = "_manualopt_fit_result"
 #: Version of that entry: 1 (manualopt 0.1) had per-schedule positions and windows without their clipping.
 CHECKPOINT_FORMAT = 2
 _LINK = "_manualopt_link"
@@ -46,7 +58,7 @@ _running = threading.local()  # the session whose training_step runs in this thr
 class ModuleLink:
     """What manualopt keeps beside one module for as long as the module lives (dropped when it is pickled)."""
 
-    __slots__ = ("callback", "configured", "configuring", "frozen", "pending", "session")
+    __slots__ = ("callback", "configured", "configuring", "frozen", "pending", "returned", "session")
 
     def __init__(self) -> None:
         self.callback: Callback | None = None
@@ -55,6 +67,7 @@ class ModuleLink:
         self.pending: dict[str, Any] | None = None  # a checkpoint entry loaded before the session could apply it
         self.frozen: dict[int, int] = {}  # how many open toggled_optimizer blocks froze each parameter, by id
         self.configuring = False  # whether configure_optimizers is running (its super() chain reads nothing)
+        self.returned: dict[str, Any] | None = None  # a fit's outcome sent back by a ddp_spawn worker
 
 
 def link_of(module: pl.LightningModule) -> ModuleLink:
@@ -125,7 +138,7 @@ class FitSession:
     ) -> None:
         self.module, self.trainer = module, trainer
         self.records: list[OptimizerRecord] = []
-        self._by_name: dict[str, OptimizerRecord] = {}
+        self.by_name: dict[str, OptimizerRecord] = {}  # the records again, by name
         self._by_object: dict[int, OptimizerRecord] = {}
         self.calls = 0
         self.batch_stepped = True
@@ -141,7 +154,7 @@ class FitSession:
             # fitting on with the same Trainer, whose global_step goes on: so do the counters
             self.calls = previous.calls
             for record in self.records:
-                earlier = previous._by_name.get(record.name)
+                earlier = previous.by_name.get(record.name)
                 record.updates = 0 if earlier is None else earlier.updates
 
     # ------------------------------------------------------------------ optimizers
@@ -168,7 +181,7 @@ class FitSession:
             schedulers = [s for s in configured.schedulers if getattr(s.scheduler, "optimizer", None) is optimizer]
             record = OptimizerRecord(name, index, optimizer, lightning, configured.defaults[name], schedulers)
             self.records.append(record)
-            self._by_name[name] = record
+            self.by_name[name] = record
             self._by_object[id(optimizer)] = record
             self._by_object[id(lightning)] = record
         for config in configured.schedulers:
@@ -189,7 +202,7 @@ class FitSession:
         """
         found: OptimizerRecord | None = None
         if isinstance(key, str):
-            found = self._by_name.get(key)
+            found = self.by_name.get(key)
         elif isinstance(key, int) and not isinstance(key, bool):
             if -len(self.records) <= key < len(self.records):
                 found = self.records[key]
@@ -218,19 +231,20 @@ class FitSession:
         trainer, key = self.trainer, self
         for record in self.records:
             self._install_step_hooks(record)
-            self._undo.append(
-                _lightning.wrap_lightning_optimizer_step(record.lightning, trainer, self._guard(record), key)
-            )
+            refusal = self._refusal(record)
+            wrapper = _lightning.wrap_lightning_optimizer_step(record.lightning, trainer, self.inside, refusal, key)
+            self._undo.append(wrapper)
         self._undo.append(_lightning.install_step_gate(trainer, self._batch_made_no_step, key))
-        self._undo.append(
-            _lightning.install_scheduler_driver(
-                trainer, lambda: trainer.lightning_module is self.module, self._update_schedulers, key
+        if self.driven:  # without schedulers Lightning's own update returns at once in manual optimization
+            self._undo.append(
+                _lightning.install_scheduler_driver(
+                    trainer, lambda: trainer.lightning_module is self.module, self._update_schedulers, key
+                )
             )
-        )
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 self._undo.append(_lightning.route_checkpoint_through_automatic_path(callback, callback_owns, key))
-        for component in _components(self.module):
+        for component in components(self.module):
             self.attach(component)
 
     def attach(self, component: Any) -> None:
@@ -245,11 +259,32 @@ class FitSession:
 
     def end(self) -> None:
         """Remove everything the fit installed, in reverse order. Safe to call twice."""
-        self.active = False
+        was_active, self.active = self.active, False
         self.call = None
         undo, self._undo = self._undo, []
         for function in reversed(undo):
             function()
+        if was_active and _lightning.is_spawned_worker(self.trainer):
+            self._send_back_with_weights()
+
+    def _send_back_with_weights(self) -> None:
+        # The worker's next state_dict() is the one the launcher sends to the main process (which loads it with
+        # strict=False): it carries the counters once, then the hook removes itself.
+        summary = self.summary()
+
+        def add_summary(module: Any, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+            handle.remove()
+            state_dict[prefix + SPAWN_RESULT_KEY] = summary
+
+        handle = self.module.register_state_dict_post_hook(add_summary)  # type: ignore[no-untyped-call]
+
+    def summary(self) -> dict[str, Any]:
+        """The fit's outcome, without the objects: optimizer names, update counts, ``training_step`` calls."""
+        return {
+            "optimizer_names": self.names,
+            "optimizer_updates": {record.name: record.updates for record in self.records},
+            "training_step_calls": self.calls,
+        }
 
     def _install_step_hooks(self, record: OptimizerRecord) -> None:
         # Wrapper optimizers such as SAM step a ``base_optimizer`` of their own; its steps are this optimizer's
@@ -288,12 +323,11 @@ class FitSession:
 
         return post_hook
 
-    def _guard(self, record: OptimizerRecord) -> Callable[[], None]:
-        def check() -> None:
-            if not self.inside():
-                refuse(self.module, f"`optimizer.step()` of the LightningOptimizer {record.name!r}", record.name)
+    def _refusal(self, record: OptimizerRecord) -> Callable[[], None]:
+        def refusal() -> None:
+            refuse(self.module, f"`optimizer.step()` of the LightningOptimizer {record.name!r}", record.name)
 
-        return check
+        return refusal
 
     def _batch_made_no_step(self) -> bool:
         return self.active and not self.batch_stepped and self.trainer.lightning_module is self.module
@@ -384,7 +418,7 @@ def _base_clipping() -> Any:
     return LightningModule.configure_gradient_clipping
 
 
-def _components(module: pl.LightningModule) -> Iterator[Any]:
+def components(module: pl.LightningModule) -> Iterator[Any]:
     """Every ``StepSchedule`` and ``EMA`` of the module, found by one rule.
 
     The rule: the module and its submodules, their attributes, and the items of attributes that are lists, tuples or

@@ -52,7 +52,7 @@ def step(
     trainer = session.trainer
     epoch = call.epoch
     window = record.window
-    gathered = window.open_in(epoch)  # windows never span epochs: the last batch closes them
+    gathered = window.count if window.epoch == epoch else 0  # windows never span epochs: the last batch closes them
     closes = gathered + 1 >= accumulate or call.last_batch(trainer)
 
     if loss is not None:
@@ -100,7 +100,7 @@ def update(
     torch optimizer really stepped; comparing the count before and after tells a real update from a skipped one.
     """
     before = record.updates
-    if options.clips or session.custom_clipping:
+    if options.gradient_clip_val or session.custom_clipping:
         call.pending_clip = (record.optimizer, options.gradient_clip_val, options.gradient_clip_algorithm)
     try:
         if closure is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -152,6 +152,9 @@ class EMA(nn.Module):
         record.averages.append(self)
         session.averages.append(self)
         session.on_end(self._detach)
+
+    def _manualopt_returned(self, summary: Mapping[str, Any]) -> None:
+        """Nothing to take: the average and its count come back in the ``state_dict`` itself."""
 
     def _detach(self) -> None:
         if self._swapped:  # validation raised before it ended: the trained weights go back

@@ -21,7 +21,7 @@ from manualopt import _lightning, _stepping
 from manualopt._callback import ManualOptimizationCallback
 from manualopt._guard import attached_trainer, refuse, refusing_steps_of
 from manualopt._optimizers import configure
-from manualopt._session import FitSession, link_of, session_of
+from manualopt._session import SPAWN_RESULT_KEY, FitSession, ModuleLink, components, link_of, session_of
 from manualopt.errors import InvalidArgumentError, ManualOptimizationDeprecationWarning, UnknownOptimizerError
 from manualopt.types import OptimizerKey, StepResult
 
@@ -116,18 +116,40 @@ class ManualOptimizationModule(LightningModule):
     @property
     def optimizer_names(self) -> tuple[str, ...]:
         """The names of the optimizers of the current (or last) fit, in ``trainer.optimizers`` order."""
-        session = session_of(self)
-        return () if session is None else tuple(session.names)
+        return tuple(self._outcome()["optimizer_names"])
 
     @property
     def optimizer_updates(self) -> Mapping[str, int]:
         """Completed updates per optimizer name in this run, read-only. Saved in and restored from checkpoints.
 
-        A step that a precision plugin skipped (16-bit AMP, non-finite gradients) is not an update.
+        A step that a precision plugin skipped (16-bit AMP, non-finite gradients) is not an update. After a
+        ``ddp_spawn`` fit, the main process reads the counts its worker processes reached.
         """
-        session = session_of(self)
-        records = () if session is None else session.records
-        return MappingProxyType({record.name: record.updates for record in records})
+        return MappingProxyType(dict(self._outcome()["optimizer_updates"]))
+
+    def _outcome(self) -> dict[str, Any]:
+        link: ModuleLink | None = self.__dict__.get(_LINK)
+        if link is not None and link.session is not None:
+            return link.session.summary()
+        if link is not None and link.returned is not None:
+            return link.returned
+        return {"optimizer_names": (), "optimizer_updates": {}}
+
+    @override
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load weights as ``nn.Module.load_state_dict`` does.
+
+        A ``state_dict`` sent back by a ``ddp_spawn`` worker also carries the fit's counters: they are taken out and
+        become this module's :attr:`optimizer_updates` and its schedules' position.
+        """
+        if SPAWN_RESULT_KEY in state_dict:
+            state_dict = dict(state_dict)
+            returned = state_dict.pop(SPAWN_RESULT_KEY)
+            link = link_of(self)
+            link.session, link.returned = None, returned
+            for component in components(self):
+                component._manualopt_returned(returned)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def named_optimizers(self) -> _NamedOptimizers:
         """``(name, LightningOptimizer)`` pairs of the running (or last) fit, in order, like torch's ``named_*``.
@@ -217,7 +239,9 @@ class ManualOptimizationModule(LightningModule):
             self._refuse_step(optimizer)
         call = session.call
         assert call is not None  # inside() saw it
-        record = session.record(optimizer)
+        record = session.by_name.get(optimizer) if isinstance(optimizer, str) else None
+        if record is None:
+            record = session.record(optimizer)
         if accumulate_grad_batches is None and gradient_clip_val is None and gradient_clip_algorithm is None:
             options = record.defaults
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from manualopt.errors import InvalidArgumentError, OptimizerConfigurationError, UnknownOptimizerError
@@ -157,6 +157,10 @@ class StepSchedule:
         self.validate(session.names, shown or "of this module")
         self._session = session
         session.on_end(self._detach)
+
+    def _manualopt_returned(self, summary: Mapping[str, Any]) -> None:
+        """Take the position a ``ddp_spawn`` worker reached."""
+        self._position, self._session = int(summary["training_step_calls"]), None
 
     def _detach(self) -> None:
         self._position, self._session = self.position, None

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import AutoNet, TwoNets, checkpoint_steps, loader, trainer
 from lightning import __version__ as lightning_version
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -201,3 +201,88 @@ def test_resume_inside_an_accumulation_window_steps_on_the_same_batches(tmp_path
         warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
         resumed.fit(Accumulates(), loader(), ckpt_path=str(path))
     assert resumed.global_step == uninterrupted.global_step
+
+
+class ManualBranchEverywhere(ModelCheckpoint):
+    """Stands in for a release whose every ModelCheckpoint hook has a manual-optimization branch (PR #21843 adds one
+    to ``on_validation_end``): each hook warns as 2.6's ``on_train_batch_end`` does when it sees a manual module."""
+
+    def _check(self, pl_module: LightningModule, hook: str) -> None:
+        if not pl_module.automatic_optimization:
+            warnings.warn(f"{hook}: no pre-optimization state was saved", UserWarning, stacklevel=2)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._check(pl_module, "on_train_batch_end")
+        super().on_train_batch_end(trainer, pl_module, *args)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check(pl_module, "on_validation_end")
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check(pl_module, "on_train_epoch_end")
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def test_every_checkpoint_hook_takes_the_automatic_path(tmp_path: Path) -> None:
+    # every_n_train_steps with a metric logged only in validation: the save is deferred to on_validation_end
+    checkpoint = ManualBranchEverywhere(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, monitor="val_loss", save_top_k=-1
+    )
+    model = KeepsPreStepCopies()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = trainer(
+            tmp_path, callbacks=[checkpoint], enable_checkpointing=True, limit_val_batches=1, val_check_interval=5
+        )
+        fit.fit(model, loader(), loader(2))
+    assert not [w for w in caught if "pre-optimization" in str(w.message)]
+    assert checkpoint_steps(tmp_path / "ckpt") == [5, 10, 15, 20]
+    saved = torch.load(next((tmp_path / "ckpt").glob("*step=20*.ckpt")), weights_only=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved["state_dict"][key], value), key  # live weights, not a saved_models copy
+
+
+class ClipsAtEpochEnd(TwoNets):
+    """G accumulates 3 with clipping but is called on even batches only: its last window closes at the epoch's end."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, d_loss = self.losses(batch)
+        self.manual_step("discriminator", d_loss)
+        if batch_idx % 2 == 0:
+            self.manual_step("generator", g_loss, accumulate_grad_batches=3, gradient_clip_val=0.25)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, **kwargs: Any) -> None:
+        if optimizer is self.trainer.optimizers[0]:
+            self.generator_clips = [*getattr(self, "generator_clips", []), gradient_clip_val]
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, **kwargs)
+
+
+def test_a_window_resumed_open_closes_with_its_clipping(tmp_path: Path) -> None:
+    path = tmp_path / "mid-window.ckpt"
+
+    class SavesAfterBatch8(Callback):
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            if trainer.current_epoch == 0 and args[-1] == 8:  # G's window (6, 8) is open
+                trainer.save_checkpoint(path)
+
+    trainer(tmp_path, max_epochs=1, callbacks=[SavesAfterBatch8()]).fit(ClipsAtEpochEnd(), loader())
+    assert torch.load(path, weights_only=False)["manualopt"]["accumulation_windows"] == {
+        "generator": [2, 0, 0.25, "norm"]
+    }
+    resumed = ClipsAtEpochEnd()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        trainer(tmp_path, max_epochs=1).fit(resumed, loader(), ckpt_path=str(path))
+    assert resumed.generator_clips == [0.25]  # the window closed after batch 9, clipped as the uninterrupted run clips
+    assert resumed.optimizer_updates["generator"] == 2
+
+
+def test_a_checkpoint_saved_after_the_fit_holds_where_it_ended(tmp_path: Path) -> None:
+    model = TwoNets(generator_every=5)
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    fit.save_checkpoint(tmp_path / "final.ckpt")
+    resumed = TwoNets(generator_every=5)
+    trainer(tmp_path, max_epochs=2).fit(resumed, loader(), ckpt_path=str(tmp_path / "final.ckpt"))
+    assert dict(resumed.optimizer_updates) == {"generator": 4, "discriminator": 20}

@@ -10,9 +10,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import Automatic, Manual, loader
+from helpers import Automatic, Manual, TwoNets, loader
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+from manualopt import EMA, StepSchedule
 
 ALL_REDUCES = {"count": 0}
 
@@ -50,13 +52,17 @@ class Reporting(pl.Callback):
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-def _fit(out: Path, model: pl.LightningModule, **options: Any) -> list[dict[str, Any]]:
+def _fit(
+    out: Path, model: pl.LightningModule, find_unused_parameters: bool = False, **options: Any
+) -> list[dict[str, Any]]:
     out.mkdir(parents=True)
     trainer = pl.Trainer(
         default_root_dir=str(out),
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo"),
+        strategy=DDPStrategy(
+            start_method="spawn", process_group_backend="gloo", find_unused_parameters=find_unused_parameters
+        ),
         max_epochs=2,
         logger=False,
         enable_checkpointing=False,
@@ -72,7 +78,8 @@ def _fit(out: Path, model: pl.LightningModule, **options: Any) -> list[dict[str,
 @pytest.mark.timeout(600)
 def test_accumulation_skips_all_reduce_like_automatic_optimization(tmp_path: Path) -> None:
     automatic = _fit(tmp_path / "automatic", Automatic("sgd-momentum"), accumulate_grad_batches=3)
-    manual = _fit(tmp_path / "manual", Manual("sgd-momentum", accumulate_grad_batches=3))
+    model = Manual("sgd-momentum", accumulate_grad_batches=3)
+    manual = _fit(tmp_path / "manual", model)
     # windows of 3, 3, 3 and 1 batches per epoch: 4 synchronized backward passes per epoch, one bucket each
     for report in manual + automatic:
         assert report["all_reduces"] == 8
@@ -80,3 +87,32 @@ def test_accumulation_skips_all_reduce_like_automatic_optimization(tmp_path: Pat
     # the processes agree with each other, and with automatic optimization, bit for bit
     assert manual[0]["params"] == manual[1]["params"]
     assert manual[0]["params"] == automatic[0]["params"]
+    # the main process gets the weights and the counters back
+    assert dict(model.optimizer_updates) == {"optimizer_0": 8}
+    assert [p.detach().flatten().tolist() for p in model.parameters()] == manual[0]["params"]
+
+
+class ScheduledGAN(TwoNets):
+    """The discriminator on every batch, the generator on every 3rd (a StepSchedule), with an EMA of the generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.schedule = StepSchedule.every(discriminator=1, generator=3)
+        self.generator_ema = EMA(self.generator, optimizer="generator", decay=0.5)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, d_loss = self.losses(batch)
+        self.manual_step("discriminator", d_loss)
+        if self.schedule.due("generator"):
+            self.manual_step("generator", g_loss)
+
+
+@pytest.mark.timeout(600)
+def test_counters_come_back_from_spawned_processes(tmp_path: Path) -> None:
+    model = ScheduledGAN()
+    # the discriminator's backward pass leaves the generator's parameters without gradients: DDP must be told
+    reports = _fit(tmp_path / "run", model, find_unused_parameters=True)
+    assert reports[0]["global_step"] == reports[1]["global_step"] == 20  # 10 batches per process and epoch
+    assert dict(model.optimizer_updates) == {"generator": 6, "discriminator": 20}
+    assert model.schedule.position == 20
+    assert int(model.generator_ema.updates) == 6

@@ -241,10 +241,12 @@ def test_lightning_optimizer_wrapper_refuses_first_and_is_removed(tmp_path: Path
     optimizer = model.optimizers()[0]
     assert "step" not in vars(optimizer)  # removed when the fit ended
     calls: list[str] = []
-    undo = _lightning.wrap_lightning_optimizer_step(optimizer, fit, lambda: calls.append("before"), key=object())
+    undo = _lightning.wrap_lightning_optimizer_step(
+        optimizer, fit, lambda: not calls.append("asked"), lambda: calls.append("refused"), key=object()
+    )
     before = _lightning.global_step(fit)
     optimizer.step()
-    assert calls == ["before"]
+    assert calls == ["asked"]
     assert _lightning.global_step(fit) == before  # Lightning's per-call count is put back
     undo()
     assert "step" not in vars(optimizer)

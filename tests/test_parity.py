@@ -59,6 +59,7 @@ def _train(root: Path, model: pl.LightningModule, trainer_options: dict[str, Any
         "best_files": sorted(p.name for p in (root / "best").glob("*.ckpt")),
         "last_optimizer_states": last.get("optimizer_states"),
         "last_scheduler_states": last.get("lr_schedulers"),
+        "last_loops": last.get("loops"),
         "learning_rates": model.learning_rates,  # type: ignore[attr-defined]
         "csv": (root / "csv" / "version_0" / "metrics.csv").read_text(),
         "global_step": trainer.global_step,
@@ -102,6 +103,26 @@ def _assert_identical(automatic: dict[str, Any], manual: dict[str, Any]) -> None
         assert torch.equal(ours, theirs)
     assert same(manual["last_optimizer_states"], automatic["last_optimizer_states"])
     assert same(manual["last_scheduler_states"], automatic["last_scheduler_states"])
+    # The loops entry matches (batch, epoch and scheduler progress), apart from which of the two step trackers counts:
+    # automatic optimization counts in its own, manual optimization in the manual one (where global_step is read).
+    ours, theirs = _without_step_trackers(manual["last_loops"]), _without_step_trackers(automatic["last_loops"])
+    assert same(ours, theirs)
+    steps = automatic["last_loops"]["fit_loop"]["epoch_loop.automatic_optimization.optim_progress"]
+    assert (
+        manual["last_loops"]["fit_loop"]["epoch_loop.manual_optimization.optim_step_progress"]["total"]
+        == (steps["optimizer"]["step"]["total"])
+    )
+
+
+STEP_TRACKERS = (
+    "epoch_loop.automatic_optimization.optim_progress",
+    "epoch_loop.manual_optimization.optim_step_progress",
+)
+
+
+def _without_step_trackers(loops: dict[str, Any]) -> dict[str, Any]:
+    fit_loop = {key: value for key, value in loops["fit_loop"].items() if key not in STEP_TRACKERS}
+    return {**loops, "fit_loop": fit_loop}
 
 
 GRID = list(itertools.product(OPTIMIZERS, SCHEDULERS, ACCUMULATE, CLIPPING))

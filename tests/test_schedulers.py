@@ -59,3 +59,28 @@ def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
         ManualOptimizationWarning, match="stepped outside manualopt.*Remove your own `scheduler.step\\(\\)`"
     ):
         trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
+
+
+class KeepsItsScheduler(TwoNets):
+    """Creates its optimizer and scheduler once and returns them from every configure_optimizers call."""
+
+    def configure_optimizers(self) -> Any:
+        if not hasattr(self, "config"):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+            self.config = {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.config
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.manual_step(0, sum(self.losses(batch)))
+
+
+def test_a_second_fit_does_not_remember_the_first_fits_scheduler(tmp_path: Path) -> None:
+    model = KeepsItsScheduler()
+    trainer(tmp_path, max_epochs=1).fit(model, loader())
+    model.config["lr_scheduler"]["scheduler"].step()  # between fits, by the user: not a second stepper
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
+    assert not [w for w in caught if issubclass(w.category, ManualOptimizationWarning)]
+    assert model.config["lr_scheduler"]["scheduler"].last_epoch == 21
