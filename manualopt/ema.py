@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from manualopt.errors import InvalidArgumentError, OptimizerConfigurationError, UnknownOptimizerError
 
@@ -85,6 +86,7 @@ class EMA(nn.Module):
         """The module being averaged."""
         return self._target[0]
 
+    @override
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the averaged module."""
         return self.average(*args, **kwargs)
@@ -106,6 +108,7 @@ class EMA(nn.Module):
         self.updates += 1
         self._count += 1
 
+    @override
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._count = int(self.updates)  # once per load, not per update
@@ -134,6 +137,7 @@ class EMA(nn.Module):
             average.copy_(kept)
         self._swapped = not self._swapped
 
+    @override
     def extra_repr(self) -> str:
         """Shown in ``repr``."""
         return f"optimizer={self.optimizer!r}, decay={self.decay}, warmup_updates={self.warmup_updates}"

@@ -77,6 +77,7 @@ class ManualOptimizationModule(LightningModule):
         False
     """
 
+    @override
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The hooks are wrapped where they resolve on the final class, so manualopt's bookkeeping runs whichever class
@@ -96,8 +97,8 @@ class ManualOptimizationModule(LightningModule):
 
     # ------------------------------------------------------------------ automatic_optimization
 
-    @property
-    @override
+    # Overrides LightningModule.automatic_optimization; mypy does not take @override on a property with a setter.
+    @property  # type: ignore[explicit-override]
     def automatic_optimization(self) -> bool:
         """Always False: a ``ManualOptimizationModule`` is manually optimized."""
         return False
@@ -323,6 +324,7 @@ class _NamedOptimizers(Iterator[tuple[str, LightningOptimizer]]):
         self._pairs = pairs
         self._iterator = iter(pairs)
 
+    @override
     def __next__(self) -> tuple[str, LightningOptimizer]:
         return next(self._iterator)
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from manualopt.errors import InvalidArgumentError, OptimizerConfigurationError, UnknownOptimizerError
 
 if TYPE_CHECKING:
@@ -165,5 +167,6 @@ class StepSchedule:
     def _detach(self) -> None:
         self._position, self._session = self.position, None
 
+    @override
     def __repr__(self) -> str:
         return f"StepSchedule(length={len(self)}, names={list(self.names)}, position={self.position})"

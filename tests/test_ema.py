@@ -101,3 +101,23 @@ def test_lightning_weight_averaging_counts_training_steps(tmp_path: Path) -> Non
     # It averages the whole module (generator and discriminator) after every 2nd training step: 10 of 20.
     assert fit.global_step == 20
     assert int(averaging._average_model.n_averaged) == 10
+
+
+def test_an_update_never_reads_a_tensor_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a GPU, int(tensor) or tensor.item() waits for the device; the warm-up count lives on the host instead.
+    reads: list[str] = []
+    for name in ("__int__", "item", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def record(self: torch.Tensor, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, record)
+    average = EMA(torch.nn.Linear(3, 2), optimizer="generator", warmup_updates=2)
+    for _ in range(4):
+        average.update()
+    assert reads == []
+    assert average._count == 4
+    monkeypatch.undo()
+    assert int(average.updates) == 4
