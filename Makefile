@@ -10,7 +10,7 @@ LIGHTNING_OLDEST ?= 2.1.0
 PIP_QUIET ?= -q
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint test-oldest clean
+.PHONY: help demo test lint test-oldest bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ lint: $(VENV)/.installed ## ruff (lint and format check) and mypy --strict
 	$(VENV)/bin/ruff check manualopt tests examples
 	$(VENV)/bin/ruff format --check manualopt tests examples
 	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed ## Time manualopt against hand-written Lightning and raw PyTorch (~10 min); updates README.md
+	$(VENV)/bin/python tests/benchmark.py --write-readme
 
 test-oldest: $(OLDEST_VENV)/.installed ## Run the test suite on the oldest supported Lightning
 	$(OLDEST_VENV)/bin/python -m pytest
