@@ -80,6 +80,9 @@ class EMA(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._count = 0  # ``updates`` on the host, so that updating never waits for the device
         self._swapped = False
+        self._pairs: (
+            tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool] | None
+        ) = None
 
     @property
     def target(self) -> nn.Module:
@@ -94,19 +97,33 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self) -> None:
         """Fold the target's current weights into the average (manualopt calls this after each update)."""
-        averages: list[torch.Tensor] = list(self.average.parameters())
-        currents = [parameter.detach() for parameter in self.target.parameters()]
+        pairs = self._pairs or self._tensor_pairs()
+        averages, currents, average_buffers, buffers, same_kind = pairs
         if self._count < self.warmup_updates:
             torch._foreach_copy_(averages, currents)
-        elif all(a.dtype == c.dtype and a.device == c.device for a, c in zip(averages, currents, strict=True)):
+        elif same_kind:
             torch._foreach_lerp_(averages, currents, 1.0 - self.decay)
         else:
             for average, current in zip(averages, currents, strict=True):
                 average.lerp_(current.to(average), 1.0 - self.decay)
-        for average_buffer, buffer in zip(self.average.buffers(), self.target.buffers(), strict=True):
-            average_buffer.copy_(buffer)
+        if buffers:
+            torch._foreach_copy_(average_buffers, buffers)
         self.updates += 1
         self._count += 1
+
+    def _tensor_pairs(
+        self,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], bool]:
+        # The tensors an update reads and writes; built once per fit (a fit does not swap the modules' tensors).
+        averages: list[torch.Tensor] = list(self.average.parameters())
+        currents = [parameter.detach() for parameter in self.target.parameters()]
+        if len(averages) != len(currents):
+            raise InvalidArgumentError(
+                f"The EMA's average has {len(averages)} parameters but its module now has {len(currents)}: the module"
+                " changed after the EMA was created. Create the EMA after the module's final layout."
+            )
+        same_kind = all(a.dtype == c.dtype and a.device == c.device for a, c in zip(averages, currents, strict=True))
+        return averages, currents, list(self.average.buffers()), list(self.target.buffers()), same_kind
 
     @override
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -155,12 +172,14 @@ class EMA(nn.Module):
             ) from None
         record.averages.append(self)
         session.averages.append(self)
+        self._pairs = self._tensor_pairs()
         session.on_end(self._detach)
 
     def _manualopt_returned(self, summary: Mapping[str, Any]) -> None:
         """Nothing to take: the average and its count come back in the ``state_dict`` itself."""
 
     def _detach(self) -> None:
+        self._pairs = None
         if self._swapped:  # validation raised before it ended: the trained weights go back
             self._swap()
 

@@ -62,6 +62,7 @@ class StepSchedule:
                 )
             self._slots.extend([due] * batches)
         self.names: tuple[str, ...] = tuple(dict.fromkeys(name for slot in self._slots for name in slot))
+        self._known = frozenset(self.names)
         self._position = 0  # where the last fit left it
         self._session: FitSession | None = None  # the fit it answers for
 
@@ -117,13 +118,16 @@ class StepSchedule:
             InvalidArgumentError: ``name`` is an optimizer of the running fit that this schedule does not list.
         """
         session = self._session
+        if session is not None and name in self._known:  # the per-batch path
+            slots = self._slots
+            return name in slots[session.calls % len(slots)]
         if session is None:
             from manualopt._session import running_session
 
             session = running_session()
             if session is not None:
                 session.attach(self)
-        if name not in self.names:
+        if name not in self._known:
             if session is not None and name in session.names:
                 raise InvalidArgumentError(
                     f"{name!r} is an optimizer of this module, but this StepSchedule does not list it (it schedules"

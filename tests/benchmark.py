@@ -157,7 +157,8 @@ class ByHand(pl.LightningModule):
             self.target = [target]
 
     def _update(self, index: int, name: str, loss: torch.Tensor, batch_idx: int) -> None:
-        optimizer = self.optimizers()[index]
+        optimizers = self.optimizers()
+        optimizer = optimizers[index] if isinstance(optimizers, list) else optimizers
         accumulate = self.case.accumulate
         if batch_idx % accumulate == 0:
             optimizer.zero_grad()
