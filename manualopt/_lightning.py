@@ -30,6 +30,8 @@ from lightning.pytorch.core.optimizer import (
 )
 from lightning.pytorch.trainer.call import _call_lightning_module_hook
 
+from manualopt._patching import Undo, patch_attribute
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.types import LRSchedulerConfig
@@ -54,35 +56,6 @@ __all__ = [
     "step_scheduler",
     "wrap_lightning_optimizer_step",
 ]
-
-#: Removes one patch; calling it twice does nothing more.
-Undo = Callable[[], None]
-
-_MISSING = object()
-_KEY = "__manualopt_key__"
-
-
-def _patch(owner: object, name: str, value: Any, key: object) -> Undo:
-    """Set ``owner.name = value`` on this instance; return the function that puts back what was there.
-
-    ``key`` identifies who patches (manualopt's per-fit session): patching twice with one key keeps the first patch.
-    """
-    current = vars(owner).get(name, _MISSING)
-    if current is not _MISSING and getattr(current, _KEY, None) is key:
-        return lambda: None
-    setattr(value, _KEY, key)
-    setattr(owner, name, value)
-
-    def undo() -> None:
-        if vars(owner).get(name, _MISSING) is not value:
-            return  # already undone, or someone else's patch replaced ours: theirs stays
-        if current is _MISSING:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, current)
-
-    return undo
-
 
 # ---------------------------------------------------------------------------------------------------------- hooks
 
@@ -168,8 +141,8 @@ def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool
         if not batch_made_no_step():
             update_train_step_metrics()
 
-    undo_gate = _patch(epoch_loop, "_should_accumulate", _should_accumulate, key)
-    undo_metrics = _patch(logger_connector, "update_train_step_metrics", _update_train_step_metrics, key)
+    undo_gate = patch_attribute(epoch_loop, "_should_accumulate", _should_accumulate, key)
+    undo_metrics = patch_attribute(logger_connector, "update_train_step_metrics", _update_train_step_metrics, key)
 
     def undo() -> None:
         undo_metrics()
@@ -211,7 +184,7 @@ def wrap_lightning_optimizer_step(
         finally:
             total.ready, total.completed, current.ready, current.completed = snapshot
 
-    return _patch(optimizer, "step", step, key)
+    return patch_attribute(optimizer, "step", step, key)
 
 
 def is_last_batch(trainer: pl.Trainer) -> bool:
@@ -284,7 +257,7 @@ def route_checkpoint_through_automatic_path(
             return _inner(trainer, seen, *args, **kwargs)
 
         functools.update_wrapper(hook, inner)
-        undos.append(_patch(callback, name, hook, key))
+        undos.append(patch_attribute(callback, name, hook, key))
 
     def undo() -> None:
         for function in reversed(undos):
@@ -373,7 +346,7 @@ def install_scheduler_driver(
         else:
             original(interval, update_plateau_schedulers)
 
-    return _patch(epoch_loop, "_update_learning_rates", _update_learning_rates, key)
+    return patch_attribute(epoch_loop, "_update_learning_rates", _update_learning_rates, key)
 
 
 def step_scheduler(trainer: pl.Trainer, scheduler: Any, metric: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
 from torch.optim import Optimizer as TorchOptimizer
 
 from manualopt import _lightning
@@ -118,8 +119,6 @@ class OptimizerRecord:
         updates: Its completed updates in this run (continued on resume).
         window: Its open accumulation window.
         schedulers: The scheduler configs manualopt steps for it, as automatic optimization reads them.
-        scheduler_epochs: Each driven scheduler's ``last_epoch`` right after manualopt stepped it (to notice a second
-            stepper).
         averages: The ``EMA`` modules updated after each of its updates.
         last_update_call: The ``training_step`` call (counted in the fit) of its last update through ``manual_step``.
         last_update_epoch: The epoch of its last update through ``manual_step``.
@@ -137,7 +136,6 @@ class OptimizerRecord:
         "lightning",
         "name",
         "optimizer",
-        "scheduler_epochs",
         "schedulers",
         "stepping",
         "updates",
@@ -156,7 +154,6 @@ class OptimizerRecord:
         self.name, self.index, self.optimizer, self.lightning = name, index, optimizer, lightning
         self.defaults = defaults
         self.schedulers = schedulers
-        self.scheduler_epochs: list[Any] = [None] * len(schedulers)
         self.updates = 0
         self.window = Window()
         self.averages: list[EMA] = []
@@ -166,18 +163,31 @@ class OptimizerRecord:
         self._options: dict[tuple[Any, Any, Any], StepOptions] = {}
         self._plain_zero_grad = type(optimizer).zero_grad is TorchOptimizer.zero_grad
 
-    def release_gradients(self) -> None:
+    def restore_gradients(self, gradients: list[Tensor | None]) -> None:
+        """Put back the gradients :meth:`release_gradients` returned."""
+        parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+        for parameter, gradient in zip(parameters, gradients, strict=True):
+            parameter.grad = gradient
+
+    def release_gradients(self) -> list[Tensor | None]:
         """Set the gradients of the optimizer's parameters to None: ``optimizer.zero_grad(set_to_none=True)``.
 
         For an optimizer that does not override ``zero_grad`` this is done directly, without the profiler scope
         torch opens around ``zero_grad`` (which costs more than the release itself on small models).
+
+        Returns:
+            The released gradients, in ``param_groups`` order, for :meth:`restore_gradients`.
         """
-        if not self._plain_zero_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-            return
+        released: list[Tensor | None] = []
+        plain = self._plain_zero_grad
         for group in self.optimizer.param_groups:
             for parameter in group["params"]:
-                parameter.grad = None
+                released.append(parameter.grad)
+                if plain:
+                    parameter.grad = None
+        if not plain:
+            self.optimizer.zero_grad(set_to_none=True)
+        return released
 
     def options(
         self, accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any

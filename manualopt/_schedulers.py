@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from manualopt import _lightning
+from manualopt._patching import Undo, patch_attribute
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError
 
 if TYPE_CHECKING:
-    from lightning.pytorch.utilities.types import LRSchedulerConfig
-
     from manualopt._optimizers import OptimizerRecord
     from manualopt._session import FitSession
 
-__all__ = ["update_schedulers"]
+__all__ = ["update_schedulers", "watch_for_other_steppers"]
 
 
 def update_schedulers(session: FitSession, interval: str, plateau: bool, batch_idx: int) -> None:
@@ -44,7 +43,7 @@ def update_schedulers(session: FitSession, interval: str, plateau: bool, batch_i
     epoch = trainer.current_epoch
     index = (batch_idx if interval == "step" else epoch) + 1
     last_call = session.calls - 1
-    for record, config, position in session.driven:
+    for record, config, _ in session.driven:
         if plateau != config.reduce_on_plateau or config.interval != interval or index % config.frequency:
             continue
         updated = record.last_update_call == last_call if interval == "step" else record.last_update_epoch == epoch
@@ -66,18 +65,40 @@ def update_schedulers(session: FitSession, interval: str, plateau: bool, batch_i
                     category=ManualOptimizationWarning,
                 )
                 continue
-        _warn_if_stepped_elsewhere(record, config, position)
-        _lightning.step_scheduler(trainer, config.scheduler, metric)
-        record.scheduler_epochs[position] = getattr(config.scheduler, "last_epoch", None)
+        session.driving = True
+        try:
+            _lightning.step_scheduler(trainer, config.scheduler, metric)
+        finally:
+            session.driving = False
 
 
-def _warn_if_stepped_elsewhere(record: OptimizerRecord, config: LRSchedulerConfig, position: int) -> None:
-    # Stepping a scheduler that manualopt drives as well would advance it twice per due step.
-    expected: Any = record.scheduler_epochs[position]
-    if expected is not None and getattr(config.scheduler, "last_epoch", None) != expected:
-        rank_zero_warn(
-            f"The learning-rate scheduler of optimizer {record.name!r} was stepped outside manualopt, which steps it"
-            " itself because the optimizer is updated with `manual_step` (as its config says: interval, frequency)."
-            " It now advances twice per due step. Remove your own `scheduler.step()` call.",
-            category=ManualOptimizationWarning,
-        )
+def watch_for_other_steppers(session: FitSession) -> list[Undo]:
+    """Warn, at the user's line, when code other than manualopt steps a scheduler that manualopt drives.
+
+    Each driven scheduler's ``step`` is wrapped on its instance for the fit; the returned functions remove the wrappers.
+    """
+    return [
+        patch_attribute(config.scheduler, "step", _watched_step(session, record, config), session)
+        for record, config, _ in session.driven
+    ]
+
+
+def _watched_step(session: FitSession, record: OptimizerRecord, config: Any) -> Any:
+    inner = config.scheduler.step
+    warned = False
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal warned
+        if not session.driving and not warned:
+            warned = True
+            rank_zero_warn(
+                f"The learning-rate scheduler of optimizer {record.name!r} was stepped here, but manualopt steps it"
+                f" already (interval {config.interval!r}, frequency {config.frequency}) after each update of"
+                f" {record.name!r} through `manual_step`: it now advances more often than its config says. Remove"
+                " this `step()` call, or update the optimizer without `manual_step` to step its scheduler yourself.",
+                category=ManualOptimizationWarning,
+                stacklevel=5,  # the caller of this wrapper, past rank_zero_warn's own frames
+            )
+        return inner(*args, **kwargs)
+
+    return step

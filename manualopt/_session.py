@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 
 from manualopt import _lightning
 from manualopt._guard import refuse
 from manualopt._optimizers import Configured, OptimizerRecord, Window
-from manualopt.errors import OptimizerConfigurationError, UnknownOptimizerError
+from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError, UnknownOptimizerError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -52,6 +53,8 @@ SPAWN_RESULT_KEY = "_manualopt_fit_result"
 #: Version of that entry: 1 (manualopt 0.1) had per-schedule positions and windows without their clipping.
 CHECKPOINT_FORMAT = 2
 _LINK = "_manualopt_link"
+#: After this many ``training_step`` calls (or the first epoch, if shorter) without any update, a warning says so.
+IDLE_CALLS = 20
 _running = threading.local()  # the session whose training_step runs in this thread (for StepSchedule.due)
 
 
@@ -149,6 +152,8 @@ class FitSession:
         self._undo: list[Callable[[], None]] = []
         self.active = False
         self.custom_clipping = type(module).configure_gradient_clipping is not _base_clipping()
+        self._idle_check_at = IDLE_CALLS  # training_step calls without any update before a warning (0: checked)
+        self.driving = False  # whether manualopt itself is stepping a scheduler
         self._create_records(configured)
         if previous is not None and previous.trainer is trainer:
             # fitting on with the same Trainer, whose global_step goes on: so do the counters
@@ -241,6 +246,9 @@ class FitSession:
                     trainer, lambda: trainer.lightning_module is self.module, self._update_schedulers, key
                 )
             )
+            from manualopt._schedulers import watch_for_other_steppers
+
+            self._undo.extend(watch_for_other_steppers(self))
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 self._undo.append(_lightning.route_checkpoint_through_automatic_path(callback, callback_owns, key))
@@ -360,6 +368,20 @@ class FitSession:
         self.calls += 1
         self.batch_stepped = call.stepped
         _lightning.set_global_step(self.trainer, call.base + call.stepped)
+        if self.calls == self._idle_check_at or (call._last_batch and self._idle_check_at):
+            self._warn_if_idle()
+
+    def _warn_if_idle(self) -> None:
+        self._idle_check_at = 0  # once per fit
+        if not self.records or any(record.updates for record in self.records):
+            return
+        rank_zero_warn(
+            f"{self.calls} `training_step` calls of `{type(self.module).__name__}` updated no optimizer, so"
+            " `trainer.global_step` stays 0: no checkpoint is written, no training metric is logged, and `max_steps`"
+            " is never reached. In manual optimization returning the loss does nothing; update inside"
+            f" `training_step` with `self.manual_step({self.records[0].name!r}, loss)`.",
+            category=ManualOptimizationWarning,
+        )
 
     # ------------------------------------------------------------------ checkpoints
 

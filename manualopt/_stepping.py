@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from torch import Tensor
 from torch.optim import LBFGS
@@ -49,6 +49,10 @@ def step(
             f" `self.manual_step({name!r}, closure=lambda: compute_loss(batch))` instead of passing a loss."
         )
 
+    if loss is not None and (
+        not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad or not loss.is_floating_point()
+    ):
+        _refuse_loss(name, loss)
     trainer = session.trainer
     epoch = call.epoch
     window = record.window
@@ -56,16 +60,23 @@ def step(
     closes = gathered + 1 >= accumulate or call.last_batch(trainer)
 
     if loss is not None:
-        module = session.module
+        kept = None
         if gathered == 0:
-            record.release_gradients()  # a window starts with no gradient, as in automatic optimization
+            kept = record.release_gradients()  # a window starts with no gradient, as in automatic optimization
         if accumulate > 1:
             loss = loss / accumulate
-        if closes:
-            module.manual_backward(loss, **backward_kwargs)
-        else:
-            with _lightning.no_backward_sync(trainer):
-                module.manual_backward(loss, **backward_kwargs)
+        try:
+            if closes:
+                session.module.manual_backward(loss, **backward_kwargs)
+            else:
+                with _lightning.no_backward_sync(trainer):
+                    session.module.manual_backward(loss, **backward_kwargs)
+        except RuntimeError as error:
+            if kept is not None:
+                record.restore_gradients(kept)  # refused before anything changed
+            if "backward through the graph a second time" in str(error):
+                raise _freed_graph(name) from error
+            raise
 
     if not closes:
         window.count, window.epoch, window.options = gathered + 1, epoch, options
@@ -81,6 +92,8 @@ def _closure(
     def evaluate() -> Tensor:
         record.release_gradients()
         loss = closure()
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad or not loss.is_floating_point():
+            _refuse_loss(record.name, loss, "the closure returned")
         session.module.manual_backward(loss, **backward_kwargs)
         return loss
 
@@ -115,6 +128,35 @@ def update(
         record.last_update_call = call.index
         record.last_update_epoch = call.epoch
     return StepResult(record.name, stepped=stepped, updates=record.updates)
+
+
+def _refuse_loss(name: str, loss: Any, subject: str = "the loss is") -> NoReturn:
+    if not isinstance(loss, Tensor):
+        problem = f"a {type(loss).__name__} ({loss!r}), not a tensor"
+        fix = "pass the tensor your loss function returned, not a number taken from it (no `.item()`, `float()`)"
+    elif loss.numel() != 1:
+        problem = f"a tensor of shape {tuple(loss.shape)}, not a single number"
+        fix = "reduce it first, e.g. `loss.mean()` or `loss.sum()`"
+    elif not loss.is_floating_point():
+        problem = f"a {loss.dtype} tensor, which has no gradient"
+        fix = "compute the loss in floating point"
+    else:
+        problem = "a tensor that does not require gradients"
+        fix = (
+            "compute it from the parameters outside `torch.no_grad()`, without `.detach()`, and outside a"
+            f" `toggled_optimizer` block that freezes the parameters of {name!r}"
+        )
+    raise InvalidStepArgumentError(f"manual_step({name!r}): {subject} {problem}. Nothing was changed. Fix: {fix}.")
+
+
+def _freed_graph(name: str) -> InvalidStepArgumentError:
+    return InvalidStepArgumentError(
+        f"manual_step({name!r}): the loss's graph was already freed by an earlier backward pass (a loss of another"
+        " optimizer that shares part of this graph, e.g. a generator output used in both losses). The weights and"
+        f" the gradients of {name!r} are unchanged. Fix: recompute the loss after the other update (e.g. run the"
+        " discriminator on the generator output again), or keep the graph for the second pass with"
+        ' `backward_kwargs={"retain_graph": True}` on the first `manual_step`.'
+    )
 
 
 def apply_requested_clipping(session: FitSession, optimizer: Optimizer) -> None:

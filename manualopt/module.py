@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
@@ -22,7 +23,12 @@ from manualopt._callback import ManualOptimizationCallback
 from manualopt._guard import attached_trainer, refuse, refusing_steps_of
 from manualopt._optimizers import configure
 from manualopt._session import SPAWN_RESULT_KEY, FitSession, ModuleLink, components, link_of, session_of
-from manualopt.errors import InvalidArgumentError, ManualOptimizationDeprecationWarning, UnknownOptimizerError
+from manualopt.errors import (
+    InvalidArgumentError,
+    ManualOptimizationDeprecationWarning,
+    OptimizerConfigurationError,
+    UnknownOptimizerError,
+)
 from manualopt.types import OptimizerKey, StepResult
 
 __all__ = ["ManualOptimizationModule"]
@@ -80,13 +86,7 @@ class ManualOptimizationModule(LightningModule):
     @override
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The hooks are wrapped where they resolve on the final class, so manualopt's bookkeeping runs whichever class
-        # in the hierarchy (a mixin included) defines them, and whether or not they call ``super()``.
-        for name, wrap in _HOOK_WRAPPERS.items():
-            function = getattr(cls, name, None)
-            if function is None or getattr(function, _WRAPPED, False) or function is getattr(LightningModule, name):
-                continue
-            setattr(cls, name, wrap(function))
+        _wrap_hooks(cls)
 
     @override
     def __getstate__(self) -> dict[str, Any]:
@@ -252,6 +252,13 @@ class ManualOptimizationModule(LightningModule):
     def _refuse_step(self, optimizer: OptimizerKey) -> NoReturn:
         shown = optimizer if isinstance(optimizer, str) else None
         session = session_of(self)
+        if _lightning.current_hook_name(self) == "training_step" and (session is None or not session.active):
+            raise OptimizerConfigurationError(
+                f"manualopt's callback is not attached to this fit of `{type(self).__name__}`, so nothing can be"
+                " counted: `configure_callbacks` was assigned to the class after it was created, or the callback was"
+                " taken out of `trainer.callbacks`. Define `configure_callbacks` in the class body (or do not"
+                " override it), and leave manualopt's callback in the Trainer."
+            )
         names = () if session is None else session.names
         refuse(self, f"`manual_step({shown!r})`" if shown else "`manual_step`", shown, names)
 
@@ -396,6 +403,21 @@ def _untoggle(module: ManualOptimizationModule, thaw: list[Tensor], freeze: list
 # ---------------------------------------------------------------------------------------------------------- hooks
 
 
+def _wrap_hooks(cls: type) -> None:
+    """Wrap the hooks manualopt keeps books in, where they resolve on ``cls``.
+
+    Wrapping where they resolve (not where they are defined) makes the bookkeeping run whichever class in the
+    hierarchy defines a hook (a mixin included), and whether or not it calls ``super()``. It runs when a subclass is
+    created, and again when a fit starts, for hooks assigned to the class afterwards or for a class whose base was
+    changed to ``ManualOptimizationModule`` after it was created.
+    """
+    for name, wrap in _HOOK_WRAPPERS.items():
+        function = getattr(cls, name, None)
+        if function is None or getattr(function, _WRAPPED, False) or function is getattr(LightningModule, name):
+            continue
+        setattr(cls, name, wrap(function))
+
+
 def _wrap_training_step(function: _F) -> _F:
     @functools.wraps(function)
     def training_step(self: ManualOptimizationModule, *args: Any, **kwargs: Any) -> Any:
@@ -445,15 +467,39 @@ def _wrap_configure_optimizers(function: _F) -> _F:
     return configure_optimizers  # type: ignore[return-value]
 
 
+def _refuse_trainer_arguments(module: ManualOptimizationModule, trainer: pl.Trainer) -> None:
+    # Lightning refuses these in manual optimization and advises automatic optimization; the manualopt way differs.
+    name = type(module).__name__
+    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
+        raise OptimizerConfigurationError(
+            f"`Trainer(gradient_clip_val={trainer.gradient_clip_val})` does not apply to `{name}`, a"
+            " ManualOptimizationModule: clipping is set per optimizer. Remove it from the Trainer and pass"
+            f" `self.manual_step(name, loss, gradient_clip_val={trainer.gradient_clip_val})`, or set"
+            f' `{{"optimizer": opt, "gradient_clip_val": {trainer.gradient_clip_val}}}` for that optimizer in'
+            " `configure_optimizers`."
+        )
+    if trainer.accumulate_grad_batches != 1:
+        raise OptimizerConfigurationError(
+            f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` does not apply to `{name}`, a"
+            " ManualOptimizationModule: accumulation is set per optimizer. Remove it from the Trainer and pass"
+            f" `self.manual_step(name, loss, accumulate_grad_batches={trainer.accumulate_grad_batches})`, or set"
+            f' `{{"optimizer": opt, "accumulate_grad_batches": {trainer.accumulate_grad_batches}}}` for that'
+            " optimizer in `configure_optimizers`."
+        )
+
+
 def _wrap_configure_callbacks(function: _F) -> _F:
     @functools.wraps(function)
     def configure_callbacks(self: ManualOptimizationModule) -> Sequence[Callback] | Callback:
+        _wrap_hooks(type(self))  # hooks assigned after the class was created (the first hook of a fit runs here)
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            _refuse_trainer_arguments(self, trainer)
         result = function(self)
         callbacks: list[Callback] = [] if not result else [result] if isinstance(result, Callback) else list(result)
         link = link_of(self)
         if link.callback is None:
             link.callback = ManualOptimizationCallback()
-        trainer = attached_trainer(self)
         if trainer is None or link.callback not in trainer.callbacks:  # type: ignore[attr-defined]
             callbacks.append(link.callback)
         return callbacks

@@ -255,3 +255,65 @@ def test_subclass_without_training_step_still_fails_like_lightning(tmp_path: Pat
 
     with pytest.raises(MisconfigurationException, match=r"No `training_step\(\)` method defined"):
         trainer(tmp_path).fit(NoStep(), loader())
+
+
+@pytest.mark.parametrize(
+    ("argument", "keyword"),
+    [
+        ({"gradient_clip_val": 0.5}, "gradient_clip_val=0.5"),
+        ({"accumulate_grad_batches": 3}, "accumulate_grad_batches=3"),
+    ],
+)
+def test_trainer_arguments_of_automatic_optimization_point_at_manual_step(
+    tmp_path: Path, argument: dict[str, Any], keyword: str
+) -> None:
+    model = TwoNets()
+    with pytest.raises(OptimizerConfigurationError, match=rf"`Trainer\({keyword}\)` does not apply.*manual_step\(name"):
+        trainer(tmp_path, **argument).fit(model, loader())
+    assert model.training_step_calls == 0
+
+
+def test_hooks_assigned_after_the_class_was_created_are_wrapped(tmp_path: Path) -> None:
+    class Late(ManualOptimizationModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self: Any, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.manual_step("net", torch.nn.functional.mse_loss(self.net(x), y))
+
+    Late.training_step = training_step  # type: ignore[method-assign]  # a notebook cell, a decorator, a factory
+    Late.configure_optimizers = lambda self: {"net": torch.optim.SGD(self.net.parameters(), lr=0.1)}  # type: ignore[method-assign]
+    model = Late()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert fit.global_step == 10
+    assert dict(model.optimizer_updates) == {"net": 10}
+
+
+def test_a_class_rebased_onto_manual_optimization_module_works(tmp_path: Path) -> None:
+    from lightning.pytorch import LightningModule
+
+    class Plain(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            x, y = batch
+            optimizer.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(self.net(x), y))
+            optimizer.step()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    Plain.__bases__ = (ManualOptimizationModule,)
+    model = Plain()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    assert fit.global_step == 10
+    assert dict(model.optimizer_updates) == {"optimizer_0": 10}

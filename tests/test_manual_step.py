@@ -250,6 +250,9 @@ def test_fast_optimizers_and_compiled_submodules(tmp_path: Path, variant: str) -
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+CLIP_VALUE = "gradient_clip_val must be a finite non-negative number or None,"
+
+
 class BadArguments(TwoNets):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -266,6 +269,15 @@ class BadArguments(TwoNets):
         ({"accumulate_grad_batches": 0}, "accumulate_grad_batches must be a positive integer, not 0"),
         ({"accumulate_grad_batches": 2.0}, "accumulate_grad_batches must be a positive integer, not 2.0"),
         ({"gradient_clip_val": -1}, "gradient_clip_val must be a finite non-negative number or None, not -1"),
+        (
+            {"gradient_clip_val": float("nan")},
+            "gradient_clip_val must be a finite non-negative number or None, not nan",
+        ),
+        (
+            {"gradient_clip_val": float("inf")},
+            "gradient_clip_val must be a finite non-negative number or None, not inf",
+        ),
+        ({"gradient_clip_val": 1j}, "gradient_clip_val must be a finite non-negative number or None, not 1j"),
         ({"gradient_clip_algorithm": "l2"}, "gradient_clip_algorithm must be 'norm', 'value' or None, not 'l2'"),
         ({"closure": lambda: None}, "pass either a loss or a closure"),
     ],
@@ -390,3 +402,84 @@ def test_toggled_optimizer_under_torch_compile(tmp_path: Path) -> None:
     assert model.d_result.stepped
     assert dict(model.optimizer_updates) == {"generator": 3, "discriminator": 3}
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class BadLoss(TwoNets):
+    """Calls manual_step with a loss that cannot be back-propagated, and keeps what the parameters held."""
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, _ = self.losses(batch)
+        self.generator.weight.grad = torch.full_like(self.generator.weight, 7.0)
+        self.before = [p.detach().clone() for p in self.generator.parameters()]
+        self.grads_before = [None if p.grad is None else p.grad.clone() for p in self.generator.parameters()]
+        try:
+            self.manual_step("generator", self.make(self, g_loss))
+        finally:
+            self.after = [p.detach().clone() for p in self.generator.parameters()]
+            self.grads_after = [None if p.grad is None else p.grad.clone() for p in self.generator.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda self, loss: 3, r"the loss is a int \(3\), not a tensor.*no `.item\(\)`"),
+        (lambda self, loss: loss.item(), r"the loss is a float .* not a tensor"),
+        (
+            lambda self, loss: loss * torch.ones(4),
+            r"the loss is a tensor of shape \(4,\), not a single number.*`loss.mean\(\)`",
+        ),
+        (
+            lambda self, loss: loss.detach(),
+            r"the loss is a tensor that does not require gradients.*without `.detach\(\)`",
+        ),
+        (lambda self, loss: torch.tensor(3), r"the loss is a torch.int64 tensor, which has no gradient"),
+    ],
+    ids=["int", "float", "vector", "detached", "integer-tensor"],
+)
+def test_a_loss_that_cannot_be_back_propagated_is_refused_first(tmp_path: Path, make: Any, message: str) -> None:
+    model = BadLoss(make)
+    with pytest.raises(InvalidStepArgumentError, match=rf"manual_step\('generator'\): {message}"):
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
+    for before, after in zip(model.before, model.after, strict=True):
+        assert torch.equal(before, after)
+    assert all(_same_grad(a, b) for a, b in zip(model.grads_before, model.grads_after, strict=True))
+
+
+def _same_grad(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+class FreedGraph(TwoNets):
+    """Uses one generator output in two losses and back-propagates the shared graph twice."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, _ = batch
+        fake = self.generator(x)
+        self.manual_step("discriminator", self.discriminator(x * fake).mean())  # frees fake's graph
+        self.before = [p.detach().clone() for p in self.generator.parameters()]
+        try:
+            self.manual_step("generator", fake.pow(2).mean())
+        finally:
+            self.after = [p.detach().clone() for p in self.generator.parameters()]
+            self.grads_after = [p.grad for p in self.generator.parameters()]
+
+
+def test_a_second_backward_through_a_freed_graph_names_the_fix(tmp_path: Path) -> None:
+    model = FreedGraph()
+    expected = r"manual_step\('generator'\): the loss's graph was already freed.*retain_graph"
+    with pytest.raises(InvalidStepArgumentError, match=expected):
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
+    assert all(torch.equal(a, b) for a, b in zip(model.before, model.after, strict=True))
+
+
+def test_a_closure_that_returns_no_loss_is_refused(tmp_path: Path) -> None:
+    class BadClosure(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.manual_step("generator", closure=lambda: float(self.losses(batch)[0]))
+
+    with pytest.raises(InvalidStepArgumentError, match=r"manual_step\('generator'\): the closure returned a float"):
+        trainer(tmp_path, max_epochs=1).fit(BadClosure(), loader())

@@ -44,7 +44,7 @@ def test_plateau_without_logged_metric_names_it(tmp_path: Path) -> None:
         trainer(tmp_path, max_epochs=1).fit(Plateau(), loader())
 
 
-def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
+def test_stepping_a_driven_scheduler_yourself_warns_at_your_line(tmp_path: Path) -> None:
     class DoubleSteps(TwoNets):
         def configure_optimizers(self) -> Any:
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
@@ -55,10 +55,14 @@ def test_stepping_a_driven_scheduler_yourself_warns(tmp_path: Path) -> None:
             self.manual_step(0, sum(self.losses(batch)))
             self.lr_schedulers().step()  # as stock manual optimization requires, but manualopt steps it already
 
-    with pytest.warns(
-        ManualOptimizationWarning, match="stepped outside manualopt.*Remove your own `scheduler.step\\(\\)`"
-    ):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
+    ours = [w for w in caught if issubclass(w.category, ManualOptimizationWarning)]
+    assert len(ours) == 1  # once, not once per step
+    assert "stepped here, but manualopt steps it already (interval 'step', frequency 1)" in str(ours[0].message)
+    assert "Remove this `step()` call" in str(ours[0].message)
+    assert ours[0].filename == __file__  # it points at the line that stepped it
 
 
 class KeepsItsScheduler(TwoNets):

@@ -13,7 +13,7 @@ from helpers import SkipsOddBatches, StockTwoNets, TwoNets, checkpoint_steps, lo
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from manualopt import UnknownOptimizerError
+from manualopt import ManualOptimizationWarning, UnknownOptimizerError
 
 STYLES = ["named", "indexed", "plain", "raw"]
 
@@ -218,3 +218,14 @@ def test_fitting_on_with_the_same_trainer_continues_the_counters(tmp_path: Path)
     fit.fit(model, loader())
     assert fit.global_step == 20
     assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 20}
+
+
+def test_a_training_step_that_only_returns_its_loss_is_named(tmp_path: Path) -> None:
+    class ReturnsLoss(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return sum(self.losses(batch))  # as in automatic optimization: nothing steps
+
+    fit = trainer(tmp_path, max_epochs=3)
+    with pytest.warns(ManualOptimizationWarning, match=r"10 `training_step` calls .* updated no optimizer.*manual"):
+        fit.fit(ReturnsLoss(), loader())
+    assert fit.global_step == 0
