@@ -7,12 +7,14 @@ reference: it recognizes its module through the module's link, so it pickles and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from manualopt._session import CHECKPOINT_KEY, FitSession, link_of, session_of
+from manualopt import _lightning
+from manualopt._session import CHECKPOINT_KEY, FitSession, ModuleLink, link_of, session_of
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -38,8 +40,19 @@ class ManualOptimizationCallback(Callback):
         return session if session is not None and session.active else None
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before a fit restores a checkpoint: hold its weights until it is checked against the fit's optimizers."""
+        if stage != "fit" or not self._owns(pl_module):
+            return
+        link = link_of(pl_module)
+        link.held = None
+        link.undo_before_fit.append(
+            _lightning.intercept_model_loading(trainer, lambda checkpoint, load: _receive(link, checkpoint, load), link)
+        )
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start the fit's session: name and hook the optimizers, find schedules and averages, before any batch."""
+        """Start the fit's session (optimizers, hooks, schedules, averages), then accept a held checkpoint."""
         if not self._owns(pl_module):
             return
         link = link_of(pl_module)
@@ -47,15 +60,22 @@ class ManualOptimizationCallback(Callback):
             link.session.end()
         link.returned = None
         session = link.session = FitSession(pl_module, trainer, link.configured, previous=link.session)
+        for undo in link.undo_before_fit:
+            session.on_end(undo)
+        link.undo_before_fit = []
         session.start(_is_manual_module)
-        self._apply_pending(pl_module, session)
+        held, link.held = link.held, None
+        if held is not None:
+            checkpoint, load = held
+            session.accept_checkpoint(checkpoint)
+            load()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Apply a checkpoint entry that a strategy restoring after setup loaded only after ``on_fit_start``."""
+        """Convert the counters of a resumed checkpoint written without manualopt (its loops are restored by now)."""
         session = self._session(pl_module)
-        if session is not None:
-            self._apply_pending(pl_module, session)
+        if session is not None and session.converting:
+            session.convert_counters()
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,14 +106,6 @@ class ManualOptimizationCallback(Callback):
             checkpoint[CHECKPOINT_KEY] = session.state_dict()
 
     @override
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        """Keep the checkpoint's entry until the optimizers of this fit are known."""
-        if self._owns(pl_module) and CHECKPOINT_KEY in checkpoint:
-            link_of(pl_module).pending = dict(checkpoint[CHECKPOINT_KEY])
-
-    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """End the fit's session: remove every hook and patch it installed."""
         session = self._session(pl_module)
@@ -103,12 +115,22 @@ class ManualOptimizationCallback(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """End the session when a fit fails (Lightning skips ``teardown`` hooks then)."""
+        if not self._owns(pl_module):
+            return
+        link = link_of(pl_module)
         session = self._session(pl_module)
         if session is not None:
             session.end()
+        for undo in reversed(link.undo_before_fit):  # the fit failed before its session started
+            undo()
+        link.undo_before_fit, link.held = [], None
 
-    def _apply_pending(self, pl_module: pl.LightningModule, session: FitSession) -> None:
-        link = link_of(pl_module)
-        entry, link.pending = link.pending, None
-        if entry is not None:
-            session.load_state_dict(entry)
+
+def _receive(link: ModuleLink, checkpoint: Any, load: Callable[[], None]) -> None:
+    session = link.session
+    if session is not None and session.active:
+        # a strategy that restores after setup (FSDP): the session exists already
+        session.accept_checkpoint(checkpoint)
+        load()
+    else:
+        link.held = (checkpoint, load)

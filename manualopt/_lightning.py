@@ -45,12 +45,14 @@ __all__ = [
     "global_step_snapshot",
     "install_scheduler_driver",
     "install_step_gate",
+    "intercept_model_loading",
     "is_last_batch",
     "is_spawned_worker",
     "move_callback_first",
     "no_backward_sync",
     "parse_optimizer_config",
     "restore_global_step",
+    "restored_step_counts",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
     "step_scheduler",
@@ -287,6 +289,43 @@ def no_backward_sync(trainer: pl.Trainer) -> contextlib.AbstractContextManager[A
     """
     block = getattr(trainer.strategy, "block_backward_sync", None)
     return block() if block is not None else contextlib.nullcontext()
+
+
+def intercept_model_loading(
+    trainer: pl.Trainer, receive: Callable[[Any, Callable[[], None]], None], key: object
+) -> Undo:
+    """Hand each checkpoint the strategy is about to load into the module to ``receive(checkpoint, load)`` instead.
+
+    ``load()`` performs the load; ``receive`` calls it once the checkpoint is accepted, now or later.
+
+    Why: ``fit(ckpt_path=...)`` loads the weights (``_CheckpointConnector.restore_model``) before
+    ``configure_optimizers`` runs, so a checkpoint that does not fit this module's optimizers would be refused only
+    after its weights were already in the module; a user who then starts afresh with the same module object would
+    train from the refused weights. ``Strategy.load_model_state_dict`` is the one call that loads them (strategies
+    that restore after setup, such as FSDP, call it after ``on_fit_start``). Holding it until manualopt has checked the
+    checkpoint, then loading before any hook reads the weights, makes a refused resume load nothing.
+    """
+    strategy = trainer.strategy
+    original = strategy.load_model_state_dict
+
+    def load_model_state_dict(checkpoint: Any, *args: Any, **kwargs: Any) -> None:
+        receive(checkpoint, lambda: original(checkpoint, *args, **kwargs))
+
+    return patch_attribute(strategy, "load_model_state_dict", load_model_state_dict, key)
+
+
+def restored_step_counts(trainer: pl.Trainer) -> tuple[int, int, int]:
+    """``(automatic optimizer steps, manual optimizer steps, batches that stepped)`` as the loops hold them.
+
+    Why: a checkpoint written without manualopt counts steps in Lightning's loop progress only: automatic optimization
+    in ``automatic_optimization.optim_progress``, manual optimization (one per optimizer call) in
+    ``manual_optimization.optim_step_progress``, and the logger's count of batches in ``_batches_that_stepped``. They
+    are what a resumed run converts into manualopt's counters.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    automatic = int(epoch_loop.automatic_optimization.optim_progress.optimizer_steps)
+    manual = int(_manual_progress(trainer).total.completed)
+    return automatic, manual, int(epoch_loop._batches_that_stepped)
 
 
 def is_spawned_worker(trainer: pl.Trainer) -> bool:

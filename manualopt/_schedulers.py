@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from manualopt import _lightning
-from manualopt._patching import Undo, patch_attribute
+from manualopt._patching import Undo
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError
 
 if TYPE_CHECKING:
@@ -75,19 +75,19 @@ def update_schedulers(session: FitSession, interval: str, plateau: bool, batch_i
 def watch_for_other_steppers(session: FitSession) -> list[Undo]:
     """Warn, at the user's line, when code other than manualopt steps a scheduler that manualopt drives.
 
-    Each driven scheduler's ``step`` is wrapped on its instance for the fit; the returned functions remove the wrappers.
+    For the fit, each driven scheduler becomes an instance of a subclass of its class whose ``step`` checks who calls
+    it (an attribute on the instance would end up in the scheduler's ``state_dict``). The returned functions give each
+    scheduler its own class back.
     """
-    return [
-        patch_attribute(config.scheduler, "step", _watched_step(session, record, config), session)
-        for record, config, _ in session.driven
-    ]
+    return [_watch(session, record, config) for record, config, _ in session.driven]
 
 
-def _watched_step(session: FitSession, record: OptimizerRecord, config: Any) -> Any:
-    inner = config.scheduler.step
+def _watch(session: FitSession, record: OptimizerRecord, config: Any) -> Undo:
+    scheduler = config.scheduler
+    original = type(scheduler)
     warned = False
 
-    def step(*args: Any, **kwargs: Any) -> Any:
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal warned
         if not session.driving and not warned:
             warned = True
@@ -97,8 +97,16 @@ def _watched_step(session: FitSession, record: OptimizerRecord, config: Any) -> 
                 f" {record.name!r} through `manual_step`: it now advances more often than its config says. Remove"
                 " this `step()` call, or update the optimizer without `manual_step` to step its scheduler yourself.",
                 category=ManualOptimizationWarning,
-                stacklevel=5,  # the caller of this wrapper, past rank_zero_warn's own frames
+                stacklevel=5,  # the caller of this method, past rank_zero_warn's own frames
             )
-        return inner(*args, **kwargs)
+        return original.step(self, *args, **kwargs)
 
-    return step
+    namespace = {"step": step, "__module__": original.__module__, "__qualname__": original.__qualname__}
+    watched = type(original.__name__, (original,), namespace)
+    scheduler.__class__ = watched
+
+    def undo() -> None:
+        if type(scheduler) is watched:
+            scheduler.__class__ = original
+
+    return undo

@@ -61,13 +61,15 @@ _running = threading.local()  # the session whose training_step runs in this thr
 class ModuleLink:
     """What manualopt keeps beside one module for as long as the module lives (dropped when it is pickled)."""
 
-    __slots__ = ("callback", "configured", "configuring", "frozen", "pending", "returned", "session")
+    __slots__ = ("callback", "configured", "configuring", "frozen", "held", "returned", "session", "undo_before_fit")
 
     def __init__(self) -> None:
         self.callback: Callback | None = None
         self.configured: Configured | None = None  # from Lightning's last configure_optimizers call
         self.session: FitSession | None = None  # the running fit's, or the last one's
-        self.pending: dict[str, Any] | None = None  # a checkpoint entry loaded before the session could apply it
+        # a checkpoint, and the function that loads its weights, held until the fit's session accepts it
+        self.held: tuple[Any, Callable[[], None]] | None = None
+        self.undo_before_fit: list[Callable[[], None]] = []  # what was installed before the session existed
         self.frozen: dict[int, int] = {}  # how many open toggled_optimizer blocks froze each parameter, by id
         self.configuring = False  # whether configure_optimizers is running (its super() chain reads nothing)
         self.returned: dict[str, Any] | None = None  # a fit's outcome sent back by a ddp_spawn worker
@@ -154,6 +156,7 @@ class FitSession:
         self.custom_clipping = type(module).configure_gradient_clipping is not _base_clipping()
         self._idle_check_at = IDLE_CALLS  # training_step calls without any update before a warning (0: checked)
         self.driving = False  # whether manualopt itself is stepping a scheduler
+        self.converting = False  # whether a checkpoint written without manualopt awaits counter conversion
         self._create_records(configured)
         if previous is not None and previous.trainer is trainer:
             # fitting on with the same Trainer, whose global_step goes on: so do the counters
@@ -398,6 +401,62 @@ class FitSession:
             },
         }
 
+    def accept_checkpoint(self, checkpoint: Any) -> None:
+        """Check a checkpoint being resumed against this fit, before its weights are loaded, and take its counters.
+
+        A checkpoint written without manualopt (stock manual or automatic optimization) is accepted; its counters are
+        converted once Lightning restored its loops (:meth:`convert_counters`).
+
+        Raises:
+            OptimizerConfigurationError: The checkpoint holds another number of optimizers, was written for other
+                optimizer names or order, or by a newer manualopt. Nothing was loaded.
+        """
+        states = checkpoint.get("optimizer_states")
+        if self.records and states is not None and len(states) != len(self.records):
+            raise OptimizerConfigurationError(
+                f"The checkpoint being resumed holds the state of {len(states)} optimizer(s) but"
+                f" `configure_optimizers` now returns {len(self.records)} ({self.names}). Nothing was loaded: the"
+                " module's weights are as they were. Resume with the same optimizers, or start a new run without"
+                " `ckpt_path`."
+            )
+        entry = checkpoint.get(CHECKPOINT_KEY)
+        if entry is None:
+            self.converting = True
+        else:
+            self.load_state_dict(entry)
+
+    def convert_counters(self) -> None:
+        """Turn the step counts of a checkpoint written without manualopt into training steps and updates.
+
+        Called after Lightning restored the loops and the optimizers' states. A checkpoint of automatic optimization
+        counts optimizer steps, which are its training steps and the updates of its one optimizer. One of stock manual
+        optimization counts every optimizer call; its training steps are the batches that stepped, and each
+        optimizer's updates are read from its state where the optimizer keeps a step count (Adam does, plain SGD does
+        not: then its count starts at 0).
+        """
+        self.converting = False
+        automatic, manual, batches = _lightning.restored_step_counts(self.trainer)
+        if automatic:
+            steps, source = automatic, "automatic optimization"
+            for record in self.records:
+                record.updates = automatic
+        elif manual:
+            steps, source = batches, "stock manual optimization"
+            for record in self.records:
+                record.updates = _step_count(record.optimizer)
+        else:
+            return
+        _lightning.set_global_step(self.trainer, steps)
+        self.calls = batches
+        updates = {record.name: record.updates for record in self.records}
+        unknown = [name for name, count in updates.items() if not count]
+        note = f" ({unknown} keep no step count in their state: counted from 0)" if unknown else ""
+        rank_zero_warn(
+            f"The checkpoint being resumed was written by {source}, without manualopt's counters: `global_step`"
+            f" continues from {steps} training steps, and the updates per optimizer are {updates}{note}.",
+            category=ManualOptimizationWarning,
+        )
+
     def load_state_dict(self, entry: dict[str, Any]) -> None:
         """Continue from a checkpoint's entry.
 
@@ -432,6 +491,11 @@ class FitSession:
             self.calls = positions[0] if positions else 0
         else:
             self.calls = int(entry.get("training_step_calls", 0))
+
+
+def _step_count(optimizer: Optimizer) -> int:
+    steps = [state["step"] for state in optimizer.state.values() if isinstance(state, dict) and "step" in state]
+    return int(max(float(step) for step in steps)) if steps else 0
 
 
 def _base_clipping() -> Any:

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from manualopt import OptimizerConfigurationError
+from manualopt import ManualOptimizationModule, ManualOptimizationWarning, OptimizerConfigurationError
 
 # Before 2.5, ModelCheckpoint tested ``if train_time_interval:``, so ``timedelta(0)`` never saved, in automatic
 # optimization too.
@@ -158,14 +158,50 @@ def test_resume_continues_counting(tmp_path: Path, every: dict[str, int], ckpt: 
     assert model.global_steps_seen == list(range(resumed_at, fit.global_step))
 
 
-def test_resume_with_other_optimizer_names_is_refused(tmp_path: Path) -> None:
+class Configurable(TwoNets):
+    """TwoNets whose configure_optimizers returns what the test asks for."""
+
+    def __init__(self, optimizers: Any) -> None:
+        super().__init__()
+        self.make = optimizers
+
+    def configure_optimizers(self) -> Any:
+        opt_g = torch.optim.SGD(self.generator.parameters(), lr=0.01)
+        opt_d = torch.optim.SGD(self.discriminator.parameters(), lr=0.01)
+        return self.make(opt_g, opt_d)
+
+
+def _stray_optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "message"),
+    [
+        (lambda g, d: {"gen": g, "discriminator": d}, r"\['generator', 'discriminator'\].*\['gen', 'discriminator'\]"),
+        (lambda g, d: {"generator": g}, r"state of 2 optimizer\(s\) but .* returns 1"),
+        (
+            lambda g, d: {"generator": g, "discriminator": d, "third": torch.optim.SGD([nn.Parameter(torch.zeros(1))])},
+            "returns 3",
+        ),
+        (lambda g, d: {"discriminator": d, "generator": g}, r"\['discriminator', 'generator'\]"),
+        (lambda g, d: [g, d], r"\['optimizer_0', 'optimizer_1'\]"),
+    ],
+    ids=["renamed", "fewer", "more", "reordered", "unnamed"],
+)
+def test_a_refused_resume_loads_nothing(tmp_path: Path, optimizers: Any, message: str) -> None:
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1)
     _fit(tmp_path, TwoNets(), checkpoint, max_epochs=1)
-    model = TwoNets(named=False)
+    model = Configurable(optimizers)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
     fit = trainer(tmp_path, max_epochs=2)
-    with pytest.raises(OptimizerConfigurationError, match=r"\['generator', 'discriminator'\].*optimizer_0"):
-        fit.fit(model, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=10.ckpt")
+    with pytest.raises(OptimizerConfigurationError, match=message):
+        fit.fit(model, loader(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
     assert model.training_step_calls == 0
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # nothing of the checkpoint was loaded
+    assert "load_model_state_dict" not in vars(fit.strategy)  # and nothing stays on the strategy
 
 
 def test_load_from_checkpoint_keeps_weights(tmp_path: Path) -> None:
@@ -290,3 +326,67 @@ def test_a_checkpoint_saved_after_the_fit_holds_where_it_ended(tmp_path: Path) -
     resumed = TwoNets(generator_every=5)
     trainer(tmp_path, max_epochs=2).fit(resumed, loader(), ckpt_path=str(tmp_path / "final.ckpt"))
     assert dict(resumed.optimizer_updates) == {"generator": 4, "discriminator": 20}
+
+
+class StockAdam(TwoNets):
+    """Stock Lightning manual optimization, two Adam optimizers: its checkpoints count every optimizer call."""
+
+    def __init__(self) -> None:
+        super().__init__(style="plain", named=False)
+
+    def configure_optimizers(self) -> Any:
+        return [torch.optim.Adam(self.generator.parameters()), torch.optim.Adam(self.discriminator.parameters())]
+
+
+def test_a_stock_manual_checkpoint_resumes_with_converted_counters(tmp_path: Path) -> None:
+    from lightning.pytorch import LightningModule
+
+    class Stock(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.generator, self.discriminator = nn.Linear(4, 1), nn.Linear(4, 1)
+
+        training_step = TwoNets.training_step
+        losses = TwoNets.losses
+        configure_optimizers = StockAdam.configure_optimizers
+
+        def on_train_start(self) -> None:
+            self.style, self.generator_every, self.named = "plain", 1, False
+            self.training_step_calls, self.global_steps_seen, self.global_steps_after_stepping = 0, [], []
+
+    stock = trainer(tmp_path, max_epochs=1)
+    stock.fit(Stock(), loader())
+    assert stock.global_step == 20  # stock counting: 10 batches, 2 optimizer calls each
+    stock.save_checkpoint(tmp_path / "stock.ckpt")
+    model = StockAdam()
+    fit = trainer(tmp_path, max_epochs=2)
+    with pytest.warns(ManualOptimizationWarning, match="written by stock manual optimization.*continues from 10"):
+        fit.fit(model, loader(), ckpt_path=str(tmp_path / "stock.ckpt"))
+    assert fit.global_step == 20  # 10 converted + 10 trained
+    assert dict(model.optimizer_updates) == {"optimizer_0": 20, "optimizer_1": 20}
+
+
+def test_an_automatic_checkpoint_resumes_with_its_global_step(tmp_path: Path) -> None:
+    automatic = trainer(tmp_path, max_epochs=1)
+    automatic.fit(AutoNet(), loader())
+    automatic.save_checkpoint(tmp_path / "automatic.ckpt")
+
+    class OneOptimizer(ManualOptimizationModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.manual_step(0, nn.functional.mse_loss(self.generator(x), y))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.generator.parameters(), lr=0.01)
+
+    model = OneOptimizer()
+    fit = trainer(tmp_path, max_epochs=2)
+    with pytest.warns(ManualOptimizationWarning, match="written by automatic optimization.*continues from 10"):
+        fit.fit(model, loader(), ckpt_path=str(tmp_path / "automatic.ckpt"))
+    assert fit.global_step == 20
+    assert dict(model.optimizer_updates) == {"optimizer_0": 20}

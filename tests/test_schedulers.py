@@ -88,3 +88,14 @@ def test_a_second_fit_does_not_remember_the_first_fits_scheduler(tmp_path: Path)
         trainer(tmp_path, max_epochs=1).fit(model, loader())
     assert not [w for w in caught if issubclass(w.category, ManualOptimizationWarning)]
     assert model.config["lr_scheduler"]["scheduler"].last_epoch == 21
+
+
+def test_a_driven_scheduler_keeps_its_class_and_state_keys(tmp_path: Path) -> None:
+    model = KeepsItsScheduler()
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model, loader())
+    scheduler = model.config["lr_scheduler"]["scheduler"]
+    assert type(scheduler) is torch.optim.lr_scheduler.StepLR  # the watching subclass is gone with the fit
+    fit.save_checkpoint(tmp_path / "after.ckpt")
+    state = torch.load(tmp_path / "after.ckpt", weights_only=False)["lr_schedulers"][0]
+    assert set(state) == set(torch.optim.lr_scheduler.StepLR(torch.optim.SGD(model.parameters()), 1).state_dict())
