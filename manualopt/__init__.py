@@ -11,13 +11,14 @@ from manualopt.errors import (
     ManualOptimizationDeprecationWarning,
     ManualOptimizationError,
     ManualOptimizationWarning,
+    NonFiniteError,
     OptimizerConfigurationError,
     StepOutsideTrainingStepError,
     UnknownOptimizerError,
 )
 from manualopt.module import ManualOptimizationModule
 from manualopt.schedule import StepSchedule
-from manualopt.types import OptimizerKey, StepResult
+from manualopt.types import NonFinitePolicy, OptimizerKey, StepResult
 
 __version__ = "0.2.0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "ManualOptimizationError",
     "ManualOptimizationModule",
     "ManualOptimizationWarning",
+    "NonFiniteError",
+    "NonFinitePolicy",
     "OptimizerConfigurationError",
     "OptimizerKey",
     "StepOutsideTrainingStepError",

@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from manualopt import _lightning
 from manualopt._session import CHECKPOINT_KEY, FitSession, ModuleLink, link_of, session_of
+from manualopt._stepping import check_deferred_non_finite
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -103,14 +104,27 @@ class ManualOptimizationCallback(Callback):
         """
         session = session_of(pl_module) if self._owns(pl_module) else None
         if session is not None and session.trainer is trainer:
+            if session.active and session.defers_checks:
+                check_deferred_non_finite(session, "before a checkpoint save")
             checkpoint[CHECKPOINT_KEY] = session.state_dict()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Read the non-finite flags of the epoch's updates on a GPU (they were not read per update)."""
+        session = self._session(pl_module)
+        if session is not None and session.defers_checks:
+            check_deferred_non_finite(session, "at the end of the epoch")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """End the fit's session: remove every hook and patch it installed."""
         session = self._session(pl_module)
         if session is not None and stage == "fit":
-            session.end()
+            try:
+                if session.defers_checks:
+                    check_deferred_non_finite(session, "at the end of the fit")
+            finally:
+                session.end()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer as TorchOptimizer
 
 from manualopt import _lightning
 from manualopt.errors import InvalidStepArgumentError, OptimizerConfigurationError
+from manualopt.types import NON_FINITE_POLICIES
 
 if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -25,6 +27,8 @@ __all__ = ["STEP_OPTIONS", "Configured", "OptimizerRecord", "StepOptions", "Wind
 
 #: The ``manual_step`` keywords that can also be set per optimizer in ``configure_optimizers``.
 STEP_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+#: Other per-optimizer keys of a named entry: what an update does with a non-finite loss or gradient.
+RECORD_OPTIONS = ("non_finite",)
 # Keys of Lightning's own single-optimizer dictionary; a mapping holding "optimizer" is that form, not names.
 _LIGHTNING_KEYS = frozenset({"optimizer", "lr_scheduler", "monitor"})
 
@@ -123,21 +127,30 @@ class OptimizerRecord:
         last_update_call: The ``training_step`` call (counted in the fit) of its last update through ``manual_step``.
         last_update_epoch: The epoch of its last update through ``manual_step``.
         stepping: Whether its own ``step`` is running (an inner optimizer's steps are then part of it).
+        non_finite: What its updates do with a non-finite loss or gradient: ``"error"``, ``"skip"`` or ``"ignore"``.
+        skipped: Updates withheld because of a non-finite loss or gradient (``non_finite="skip"``), in this run.
     """
 
     __slots__ = (
         "_options",
         "_plain_zero_grad",
+        "_unit",
         "averages",
+        "checks_non_finite",
         "defaults",
+        "defers_check",
+        "found",
         "index",
         "last_update_call",
         "last_update_epoch",
         "lightning",
         "name",
+        "non_finite",
         "optimizer",
         "schedulers",
+        "skipped",
         "stepping",
+        "unchecked_since",
         "updates",
         "window",
     )
@@ -150,6 +163,7 @@ class OptimizerRecord:
         lightning: LightningOptimizer,
         defaults: StepOptions,
         schedulers: list[LRSchedulerConfig],
+        non_finite: str = "error",
     ) -> None:
         self.name, self.index, self.optimizer, self.lightning = name, index, optimizer, lightning
         self.defaults = defaults
@@ -160,8 +174,40 @@ class OptimizerRecord:
         self.last_update_call = -1
         self.last_update_epoch = -1
         self.stepping = False
+        self.non_finite = non_finite
+        self.skipped = 0
+        self.checks_non_finite = non_finite != "ignore"  # set again when the fit starts (a GradScaler checks itself)
+        self.defers_check = False  # whether the flag is read at check points only (policy "error" on a GPU)
+        self.found: Tensor | None = None  # set to 1 by a non-finite gradient, on the gradients' device
+        self.unchecked_since: tuple[int, int | None, int] | None = None  # first update not read back yet (GPU)
         self._options: dict[tuple[Any, Any, Any], StepOptions] = {}
         self._plain_zero_grad = type(optimizer).zero_grad is TorchOptimizer.zero_grad
+
+    def found_non_finite(self) -> Tensor | None:
+        """A flag on the gradients' device that is set when one of the optimizer's gradients is not finite.
+
+        The flag accumulates until it is read and cleared. It is computed with the fused check torch's own GradScaler
+        uses (``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1, which leaves the values as they are),
+        so it costs one pass over the gradients and no host-device synchronization. None when there is no gradient.
+        """
+        gradients: list[Tensor] = []
+        for group in self.optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    gradients.append(parameter.grad)
+        if not gradients:
+            return None
+        device = gradients[0].device
+        found = self.found
+        if found is None or found.device != device:
+            found = self.found = torch.zeros(1, device=device)
+            self._unit = torch.ones(1, device=device)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(gradients, found, self._unit)
+        except (RuntimeError, NotImplementedError):  # gradients on several devices, or of a dtype it does not take
+            bad = any(not bool(torch.isfinite(gradient).all()) for gradient in gradients)
+            found.fill_(float(bad))
+        return found
 
     def restore_gradients(self, gradients: list[Tensor | None]) -> None:
         """Put back the gradients :meth:`release_gradients` returned."""
@@ -221,6 +267,7 @@ class Configured:
         optimizers: The torch optimizers, in ``trainer.optimizers`` order.
         names: Their names (``optimizer_<i>`` where none were given).
         defaults: Per-name ``manual_step`` defaults.
+        non_finite: Per-name non-finite policies set in ``configure_optimizers`` (others follow the module's).
         schedulers: Every scheduler config, as automatic optimization reads it.
         for_lightning: The configuration handed on to Lightning: the same optimizers and schedulers, without the keys
             Lightning's manual mode would warn about.
@@ -231,6 +278,7 @@ class Configured:
     defaults: dict[str, StepOptions]
     schedulers: list[LRSchedulerConfig]
     for_lightning: Any
+    non_finite: dict[str, str] = field(default_factory=dict)
 
 
 def _copy_containers(value: Any) -> Any:
@@ -259,8 +307,9 @@ def configure(config: Any) -> Configured:
         return Configured([], [], {}, [], None)
     names: list[str] | None = None
     defaults: dict[str, StepOptions] = {}
+    non_finite: dict[str, str] = {}
     if isinstance(config, Mapping) and "optimizer" not in config:
-        config, names, defaults = _from_names(config)
+        config, names, defaults, non_finite = _from_names(config)
     with _lightning.configuration_errors_as(_configuration_error):
         optimizers, schedulers = _lightning.parse_optimizer_config(_copy_containers(config))
     names = names or [default_name(index) for index in range(len(optimizers))]
@@ -292,14 +341,16 @@ def configure(config: Any) -> Configured:
         else config
     )
     defaults = {name: defaults.get(name, StepOptions()) for name in names}
-    return Configured(list(optimizers), names, defaults, schedulers, for_lightning)
+    return Configured(list(optimizers), names, defaults, schedulers, for_lightning, non_finite)
 
 
 def _configuration_error(message: str) -> OptimizerConfigurationError:
     return OptimizerConfigurationError(f"configure_optimizers: {message}")
 
 
-def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[str], dict[str, StepOptions]]:
+def _from_names(
+    config: Mapping[Any, Any],
+) -> tuple[list[dict[str, Any]], list[str], dict[str, StepOptions], dict[str, str]]:
     if not config:
         raise OptimizerConfigurationError(
             "`configure_optimizers` returned an empty mapping. Return at least one named optimizer, e.g."
@@ -308,6 +359,7 @@ def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[s
     names: list[str] = []
     entries: list[dict[str, Any]] = []
     defaults: dict[str, StepOptions] = {}
+    non_finite: dict[str, str] = {}
     seen: dict[int, str] = {}
     for name, value in config.items():
         if not isinstance(name, str) or not name.strip():
@@ -325,7 +377,8 @@ def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[s
                     f"The configuration of optimizer {name!r} is a dictionary without an 'optimizer' key. Write"
                     f' `{{"{name}": {{"optimizer": opt, "lr_scheduler": scheduler}}}}`.'
                 )
-            entry = {key: item for key, item in value.items() if key not in STEP_OPTIONS and key != "monitor"}
+            own = (*STEP_OPTIONS, *RECORD_OPTIONS, "monitor")
+            entry = {key: item for key, item in value.items() if key not in own}
             if "monitor" in value and "lr_scheduler" in entry:
                 scheduler = entry["lr_scheduler"]
                 scheduler = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler}
@@ -337,6 +390,8 @@ def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[s
                 value.get("gradient_clip_algorithm"),
                 where=f"configure_optimizers, optimizer {name!r}",
             )
+            if "non_finite" in value:
+                non_finite[name] = validated_policy(value["non_finite"], f"configure_optimizers, optimizer {name!r}")
         elif callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None)):
             entry = {"optimizer": value}
         else:
@@ -352,4 +407,15 @@ def _from_names(config: Mapping[Any, Any]) -> tuple[list[dict[str, Any]], list[s
         seen[id(entry["optimizer"])] = name
         names.append(name)
         entries.append(entry)
-    return entries, names, defaults
+    return entries, names, defaults, non_finite
+
+
+def validated_policy(policy: Any, where: str) -> str:
+    """Check a non-finite policy.
+
+    Raises:
+        InvalidStepArgumentError: ``policy`` is not ``"error"``, ``"skip"`` or ``"ignore"``.
+    """
+    if policy not in NON_FINITE_POLICIES:
+        raise InvalidStepArgumentError(f"{where}: non_finite must be 'error', 'skip' or 'ignore', not {policy!r}.")
+    return str(policy)

@@ -23,7 +23,8 @@ from torch.optim import Optimizer
 
 from manualopt import _lightning
 from manualopt._guard import refuse
-from manualopt._optimizers import Configured, OptimizerRecord, Window
+from manualopt._optimizers import Configured, OptimizerRecord, Window, validated_policy
+from manualopt._stepping import check_deferred_non_finite
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError, UnknownOptimizerError
 
 if TYPE_CHECKING:
@@ -98,13 +99,15 @@ def running_session() -> FitSession | None:
 class StepCall:
     """One ``training_step`` call of Lightning's training loop."""
 
-    __slots__ = ("_last_batch", "base", "epoch", "index", "pending_clip", "stepped", "thread")
+    __slots__ = ("_last_batch", "base", "batch_idx", "epoch", "index", "loss", "pending_clip", "stepped", "thread")
 
-    def __init__(self, index: int, base: int, epoch: int) -> None:
+    def __init__(self, index: int, base: int, epoch: int, batch_idx: int | None) -> None:
         self.thread = threading.get_ident()
         self.index = index  # training_step calls before this one, in this run
         self.base = base  # trainer.global_step when the call started
         self.epoch = epoch  # trainer.current_epoch
+        self.batch_idx = batch_idx  # the batch's index in its epoch, as training_step received it
+        self.loss: Any = None  # the loss of the latest manual_step (for error messages)
         self.stepped = False  # whether any optimizer updated in it
         self.pending_clip: tuple[Optimizer, float | None, str] | None = None  # what manual_step asked to clip
         self._last_batch: bool | None = None
@@ -157,6 +160,11 @@ class FitSession:
         self._idle_check_at = IDLE_CALLS  # training_step calls without any update before a warning (0: checked)
         self.driving = False  # whether manualopt itself is stepping a scheduler
         self.converting = False  # whether a checkpoint written without manualopt awaits counter conversion
+        self.defers_checks = False  # whether non-finite flags are read only at check points (updates on a GPU)
+        self._check_every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
+        self.non_finite = validated_policy(
+            getattr(module, "non_finite", "error"), f"`{type(module).__name__}.non_finite`"
+        )
         self._create_records(configured)
         if previous is not None and previous.trainer is trainer:
             # fitting on with the same Trainer, whose global_step goes on: so do the counters
@@ -187,7 +195,8 @@ class FitSession:
             lightning = wrappers[index]
             assert isinstance(lightning, LightningOptimizer)  # Lightning wraps every optimizer it holds
             schedulers = [s for s in configured.schedulers if getattr(s.scheduler, "optimizer", None) is optimizer]
-            record = OptimizerRecord(name, index, optimizer, lightning, configured.defaults[name], schedulers)
+            policy = configured.non_finite.get(name, self.non_finite)
+            record = OptimizerRecord(name, index, optimizer, lightning, configured.defaults[name], schedulers, policy)
             self.records.append(record)
             self.by_name[name] = record
             self._by_object[id(optimizer)] = record
@@ -237,6 +246,14 @@ class FitSession:
 
         self.active = True
         trainer, key = self.trainer, self
+        # Under a GradScaler (16-bit AMP) non-finite gradients are the scaler's: it skips those steps itself.
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        for record in self.records:
+            record.checks_non_finite = record.non_finite != "ignore" and not scaled
+            first = next((p for group in record.optimizer.param_groups for p in group["params"]), None)
+            on_gpu = first is not None and first.is_cuda  # reading a flag from a GPU waits for the device
+            record.defers_check = record.checks_non_finite and record.non_finite == "error" and on_gpu
+            self.defers_checks = self.defers_checks or record.defers_check
         for record in self.records:
             self._install_step_hooks(record)
             refusal = self._refusal(record)
@@ -355,10 +372,10 @@ class FitSession:
         call = self.call
         return call is not None and call.thread == threading.get_ident()
 
-    def begin_call(self) -> StepCall:
+    def begin_call(self, batch_idx: int | None) -> StepCall:
         """Open a ``training_step`` call."""
         trainer = self.trainer
-        call = self.call = StepCall(self.calls, _lightning.global_step(trainer), trainer.current_epoch)
+        call = self.call = StepCall(self.calls, _lightning.global_step(trainer), trainer.current_epoch, batch_idx)
         for record in self.records:
             record.stepping = False
         _running.session = self
@@ -373,6 +390,8 @@ class FitSession:
         _lightning.set_global_step(self.trainer, call.base + call.stepped)
         if self.calls == self._idle_check_at or (call._last_batch and self._idle_check_at):
             self._warn_if_idle()
+        if self.defers_checks and not self.calls % self._check_every:
+            check_deferred_non_finite(self, "at a logging step")
 
     def _warn_if_idle(self) -> None:
         self._idle_check_at = 0  # once per fit
@@ -399,6 +418,7 @@ class FitSession:
             "accumulation_windows": {
                 record.name: record.window.state_dict() for record in self.records if record.window.count
             },
+            "skipped_updates": {record.name: record.skipped for record in self.records},
         }
 
     def accept_checkpoint(self, checkpoint: Any) -> None:
@@ -480,8 +500,10 @@ class FitSession:
             )
         updates = entry.get("optimizer_updates", {})
         windows = entry.get("accumulation_windows", {})
+        skipped = entry.get("skipped_updates", {})
         for record in self.records:
             record.updates = int(updates.get(record.name, 0))
+            record.skipped = int(skipped.get(record.name, 0))
             # An accumulation window open at the checkpoint goes on counting its micro-batches (their gradients, as
             # in automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
             record.window = Window.from_state(windows[record.name]) if record.name in windows else Window()

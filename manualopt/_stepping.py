@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim import LBFGS
 
 from manualopt import _lightning
-from manualopt.errors import InvalidStepArgumentError
+from manualopt.errors import InvalidStepArgumentError, NonFiniteError
 from manualopt.types import StepResult
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from manualopt._optimizers import OptimizerRecord, StepOptions
     from manualopt._session import FitSession, StepCall
 
-__all__ = ["apply_requested_clipping", "close_open_windows", "step"]
+__all__ = ["apply_requested_clipping", "check_deferred_non_finite", "close_open_windows", "step"]
 
 
 def step(
@@ -53,6 +53,7 @@ def step(
         not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad or not loss.is_floating_point()
     ):
         _refuse_loss(name, loss)
+    call.loss = loss
     trainer = session.trainer
     epoch = call.epoch
     window = record.window
@@ -94,6 +95,9 @@ def _closure(
         loss = closure()
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad or not loss.is_floating_point():
             _refuse_loss(record.name, loss, "the closure returned")
+        if record.checks_non_finite and loss.device.type == "cpu" and not bool(loss.isfinite()):
+            # inside the optimizer's step nothing can be withheld: a closure's update raises in "skip" mode too
+            raise _non_finite_error(session, call_of(session), record, loss, "the loss its closure returned is")
         session.module.manual_backward(loss, **backward_kwargs)
         return loss
 
@@ -112,6 +116,10 @@ def update(
     The update is counted by the torch step hooks of the session (``FitSession._post_hook``), which run only when the
     torch optimizer really stepped; comparing the count before and after tells a real update from a skipped one.
     """
+    if closure is None and record.checks_non_finite:
+        withheld = _check_gradients(session, call, record)
+        if withheld is not None:
+            return withheld
     before = record.updates
     if options.gradient_clip_val or session.custom_clipping:
         call.pending_clip = (record.optimizer, options.gradient_clip_val, options.gradient_clip_algorithm)
@@ -128,6 +136,80 @@ def update(
         record.last_update_call = call.index
         record.last_update_epoch = call.epoch
     return StepResult(record.name, stepped=stepped, updates=record.updates)
+
+
+def call_of(session: FitSession) -> StepCall:
+    """The running ``training_step`` call (a closure runs inside one)."""
+    call = session.call
+    assert call is not None
+    return call
+
+
+def _check_gradients(session: FitSession, call: StepCall, record: OptimizerRecord) -> StepResult | None:
+    """Withhold or refuse an update whose gradients are not finite, as the optimizer's policy says.
+
+    Returns:
+        The result of a withheld update (policy ``"skip"``), or None when the update goes ahead.
+
+    Raises:
+        NonFiniteError: A gradient is not finite and the policy is ``"error"`` (on a GPU: at the next check point).
+    """
+    found = record.found_non_finite()
+    if found is None:
+        return None
+    if record.defers_check:
+        # reading the flag now would wait for the device on every update: it is read at the next check point
+        if record.unchecked_since is None:
+            record.unchecked_since = (call.epoch, call.batch_idx, call.base)
+        return None
+    if not bool(found):
+        return None
+    found.zero_()
+    if record.non_finite == "error":
+        raise _non_finite_error(session, call, record, call.loss, "a gradient is")
+    record.release_gradients()
+    record.skipped += 1
+    session.module.log(f"skipped_updates/{record.name}", float(record.skipped), on_step=True, on_epoch=False)
+    return StepResult(record.name, stepped=False, updates=record.updates, skipped=True)
+
+
+def _non_finite_error(
+    session: FitSession, call: StepCall, record: OptimizerRecord, loss: Tensor | None, what: str
+) -> NonFiniteError:
+    where = f"batch {call.batch_idx} of epoch {call.epoch}" if call.batch_idx is not None else f"epoch {call.epoch}"
+    shown = "" if loss is None else f" (the loss is {float(loss.detach())})"
+    return NonFiniteError(
+        f"manual_step({record.name!r}): {what} not finite (NaN or infinite){shown} at {where}, global step"
+        f" {call.base}. The update was not applied: the weights and the checkpoints are as before it. Find the cause"
+        " with `torch.autograd.set_detect_anomaly(True)` (a learning rate too high, a log or division of 0, a"
+        f' missing epsilon), or let {record.name!r} skip such updates: `non_finite = "skip"` on the module, or'
+        f' `{{"optimizer": opt, "non_finite": "skip"}}` for it in `configure_optimizers`.'
+    )
+
+
+def check_deferred_non_finite(session: FitSession, when: str) -> None:
+    """Read the non-finite flags of updates made on a GPU since the last check; raise for the first one set.
+
+    Raises:
+        NonFiniteError: An update since the last check had a non-finite gradient (the policy is ``"error"``).
+    """
+    for record in session.records:
+        since = record.unchecked_since
+        if since is None:
+            continue
+        record.unchecked_since = None
+        found = record.found
+        if found is not None and bool(found):
+            found.zero_()
+            epoch, batch_idx, step = since
+            raise NonFiniteError(
+                f"An update of optimizer {record.name!r} since batch {batch_idx} of epoch {epoch} (global step {step})"
+                f" had a non-finite gradient (NaN or infinite), found {when}. On a GPU the check is read only at"
+                " checkpoint saves, logging steps and epoch ends, so the update was applied: the fit stops here,"
+                " before any checkpoint holds the non-finite weights. Find the cause with"
+                " `torch.autograd.set_detect_anomaly(True)`, or let it skip such updates:"
+                f' `{{"optimizer": opt, "non_finite": "skip"}}` in `configure_optimizers`.'
+            )
 
 
 def _refuse_loss(name: str, loss: Any, subject: str = "the loss is") -> NoReturn:

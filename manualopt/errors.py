@@ -12,6 +12,7 @@ __all__ = [
     "ManualOptimizationDeprecationWarning",
     "ManualOptimizationError",
     "ManualOptimizationWarning",
+    "NonFiniteError",
     "OptimizerConfigurationError",
     "StepOutsideTrainingStepError",
     "UnknownOptimizerError",
@@ -38,6 +39,15 @@ class OptimizerConfigurationError(ManualOptimizationError):
 
 class UnknownOptimizerError(ManualOptimizationError, LookupError):
     """An optimizer was addressed by a name, index or object that the module does not have."""
+
+
+class NonFiniteError(ManualOptimizationError, FloatingPointError):
+    """An update met a non-finite loss or gradient (NaN or infinity) and the optimizer's policy is ``"error"``.
+
+    On tensors in host memory it is raised before the update: the weights are as they were. On a GPU it is raised at
+    the next point where the host reads the device (a checkpoint save, a logging step, the end of the epoch), before
+    any checkpoint holds the non-finite weights.
+    """
 
 
 class InvalidArgumentError(ManualOptimizationError, ValueError):

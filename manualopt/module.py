@@ -29,7 +29,7 @@ from manualopt.errors import (
     OptimizerConfigurationError,
     UnknownOptimizerError,
 )
-from manualopt.types import OptimizerKey, StepResult
+from manualopt.types import NonFinitePolicy, OptimizerKey, StepResult
 
 __all__ = ["ManualOptimizationModule"]
 
@@ -96,6 +96,14 @@ class ManualOptimizationModule(LightningModule):
         return state
 
     # ------------------------------------------------------------------ automatic_optimization
+
+    #: What an update does when one of its gradients (or its loss) is not finite: ``"error"`` raises
+    #: :class:`~manualopt.NonFiniteError` naming the optimizer, the batch and the global step, before the weights change
+    #: (on a GPU: at the next checkpoint save, logging step or epoch end, before any checkpoint holds them); ``"skip"``
+    #: withholds the update and counts it in ``skipped_updates/<name>`` (logged and checkpointed); ``"ignore"`` applies
+    #: it. Set it as a class attribute, or per optimizer with a ``"non_finite"`` key in ``configure_optimizers``.
+    #: Under a GradScaler (16-bit AMP) the scaler skips such steps itself.
+    non_finite: NonFinitePolicy = "error"
 
     # Overrides LightningModule.automatic_optimization; mypy does not take @override on a property with a setter.
     @property  # type: ignore[explicit-override]
@@ -430,7 +438,8 @@ def _wrap_training_step(function: _F) -> _F:
             or _lightning.current_hook_name(self) != "training_step"  # not Lightning's call
         ):
             return function(self, *args, **kwargs)
-        call = session.begin_call()
+        batch_idx = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("batch_idx")
+        call = session.begin_call(batch_idx)
         try:
             output = function(self, *args, **kwargs)
             if call.last_batch(session.trainer):

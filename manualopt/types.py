@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch.optim import Optimizer
 
-__all__ = ["OptimizerKey", "StepResult"]
+__all__ = ["NON_FINITE_POLICIES", "NonFinitePolicy", "OptimizerKey", "StepResult"]
 
 #: How an optimizer is addressed: its name, its index in ``trainer.optimizers``, or the optimizer itself (the torch
 #: optimizer or its ``LightningOptimizer`` from ``self.optimizers()``).
 OptimizerKey: TypeAlias = str | int | Optimizer | LightningOptimizer
+
+
+#: What an update does when a loss or gradient is not finite: raise :class:`~manualopt.NonFiniteError`, withhold the
+#: update (and count it in ``skipped_updates``), or apply it anyway.
+NonFinitePolicy: TypeAlias = Literal["error", "skip", "ignore"]
+NON_FINITE_POLICIES: tuple[str, ...] = ("error", "skip", "ignore")
 
 
 @dataclass(frozen=True)
@@ -25,9 +31,11 @@ class StepResult:
             when a precision plugin skipped the step (16-bit AMP found non-finite gradients).
         updates: The optimizer's number of updates in this run so far, this one included.
         accumulated: Micro-batches gathered in the optimizer's open accumulation window (0 once it stepped).
+        skipped: Whether the update was withheld because a loss or gradient was not finite (``non_finite="skip"``).
     """
 
     optimizer: str
     stepped: bool
     updates: int
     accumulated: int = 0
+    skipped: bool = False

@@ -21,9 +21,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 import manualopt
 
 PACKAGE = str(Path(manualopt.__file__).parent)
-# Measured: 19 calls per manual_step that updates (backward, step, the step hooks, the clipping hook wrapper, the
-# gradient releases); raise it only with a reason.
-BUDGET_PER_STEP = 19
+# Measured: 21 calls per manual_step that updates (backward, step, the step hooks, the clipping hook wrapper, the
+# gradient releases, the non-finite check); raise it only with a reason.
+BUDGET_PER_STEP = 21
 
 
 class CountsCallsPerManualStep(Callback):

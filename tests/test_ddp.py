@@ -116,3 +116,33 @@ def test_counters_come_back_from_spawned_processes(tmp_path: Path) -> None:
     assert dict(model.optimizer_updates) == {"generator": 6, "discriminator": 20}
     assert model.schedule.position == 20
     assert int(model.generator_ema.updates) == 6
+
+
+class NanOnRankOne(TwoNets):
+    """Skip mode; on batch 3 only rank 1's generator loss is NaN (its gradients reach rank 0 in the all-reduce)."""
+
+    non_finite = "skip"
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        g_loss, d_loss = self.losses(batch)
+        if batch_idx == 3 and self.global_rank == 1:
+            g_loss = g_loss * float("nan")
+        self.manual_step("discriminator", d_loss)
+        self.manual_step("generator", g_loss)
+
+    def on_train_end(self) -> None:
+        report = {
+            "updates": dict(self.optimizer_updates),
+            "params": [p.detach().flatten().tolist() for p in self.parameters()],
+        }
+        Path(self.trainer.default_root_dir, f"skips{self.global_rank}.json").write_text(json.dumps(report))
+
+
+@pytest.mark.timeout(600)
+def test_every_rank_skips_a_non_finite_update_together(tmp_path: Path) -> None:
+    _fit(tmp_path / "run", NanOnRankOne(), find_unused_parameters=True)
+    reports = [json.loads((tmp_path / "run" / f"skips{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["updates"] == {"generator": 18, "discriminator": 20}  # batch 3 of each of 2 epochs skipped
+        assert all(value == value for value in report["params"])  # no NaN weight on either rank
+    assert reports[0]["params"] == reports[1]["params"]
