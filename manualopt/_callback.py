@@ -80,19 +80,17 @@ class ManualOptimizationCallback(Callback):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Swap in the averaged weights of every ``EMA(evaluate_with_average=True)``."""
+        """Swap in the averaged weights of every ``EMA(evaluate_with_average=True)``; keep the generators' states."""
         session = self._session(pl_module)
         if session is not None:
-            for average in session.averages:
-                average._validation_started()
+            session.validation_started()
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Swap the trained weights back."""
+        """Swap the trained weights back; put back the generators' states validation found."""
         session = self._session(pl_module)
         if session is not None:
-            for average in session.averages:
-                average._validation_ended()
+            session.validation_ended()
 
     @override
     def on_save_checkpoint(

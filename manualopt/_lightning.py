@@ -45,6 +45,7 @@ __all__ = [
     "global_step_snapshot",
     "install_scheduler_driver",
     "install_step_gate",
+    "intercept_dataloaders",
     "intercept_model_loading",
     "is_last_batch",
     "is_spawned_worker",
@@ -56,6 +57,7 @@ __all__ = [
     "route_checkpoint_through_automatic_path",
     "set_global_step",
     "step_scheduler",
+    "training_dataloaders",
     "wrap_lightning_optimizer_step",
 ]
 
@@ -312,6 +314,35 @@ def intercept_model_loading(
         receive(checkpoint, lambda: original(checkpoint, *args, **kwargs))
 
     return patch_attribute(strategy, "load_model_state_dict", load_model_state_dict, key)
+
+
+def intercept_dataloaders(trainer: pl.Trainer, receive: Callable[[Any, bool], None], key: object) -> Undo:
+    """Hand each DataLoader of the fit to ``receive(loader, training)`` when Lightning has prepared it.
+
+    Why: Lightning builds the training loaders inside ``_FitLoop.setup_data`` and creates the first epoch's iterator
+    right there, before any hook runs; ``Strategy.process_dataloader`` is the one call each loader passes through on
+    the way (after Lightning added a ``DistributedSampler``). Exact resume needs the loader before that iterator
+    exists. It can go when Lightning offers a hook on the prepared loaders.
+    """
+    strategy = trainer.strategy
+    original = strategy.process_dataloader
+
+    def process_dataloader(dataloader: Any) -> Any:
+        dataloader = original(dataloader)
+        receive(dataloader, trainer.training)  # the fit loop's loaders, or validation's
+        return dataloader
+
+    return patch_attribute(strategy, "process_dataloader", process_dataloader, key)
+
+
+def training_dataloaders(trainer: pl.Trainer) -> list[Any]:
+    """The fit's training DataLoaders, in the order of its ``CombinedLoader`` (empty before they exist).
+
+    Why: ``trainer.train_dataloader`` gives the user's nesting; the flat order of ``_FitLoop._combined_loader`` is what
+    a checkpoint's per-loader entries follow.
+    """
+    combined = trainer.fit_loop._combined_loader
+    return [] if combined is None else list(combined.flattened)
 
 
 def restored_step_counts(trainer: pl.Trainer) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from manualopt import _lightning
 from manualopt._guard import refuse
 from manualopt._optimizers import Configured, OptimizerRecord, Window, validated_policy
+from manualopt._resume import capture_rng, make_isolated, make_resumable, order_state, restore_rng, warn_inexact
 from manualopt._stepping import check_deferred_non_finite
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError, UnknownOptimizerError
 
@@ -161,6 +162,13 @@ class FitSession:
         self.driving = False  # whether manualopt itself is stepping a scheduler
         self.converting = False  # whether a checkpoint written without manualopt awaits counter conversion
         self.defers_checks = False  # whether non-finite flags are read only at check points (updates on a GPU)
+        self.exact_resume = bool(getattr(module, "exact_resume", True))
+        self.epoch_calls = 0  # training_step calls in the current epoch
+        self._calls_epoch = -1
+        self.resume_rng: dict[str, Any] | None = None  # generator states to put back before the first batch
+        self.order_plans: dict[int, dict[str, Any]] = {}  # by training loader position: a mid-epoch order to resume
+        self._inexact: list[str] = []  # why this fit could not resume exactly, if it resumes
+        self._before_validation: dict[str, Any] | None = None  # the generators' states when validation started
         self._check_every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self.non_finite = validated_policy(
             getattr(module, "non_finite", "error"), f"`{type(module).__name__}.non_finite`"
@@ -274,6 +282,51 @@ class FitSession:
                 self._undo.append(_lightning.route_checkpoint_through_automatic_path(callback, callback_owns, key))
         for component in components(self.module):
             self.attach(component)
+        if self.exact_resume:
+            self._undo.append(_lightning.intercept_dataloaders(trainer, self._prepare_loader, key))
+
+    def _prepare_loader(self, loader: Any, training: bool) -> None:
+        undo = make_resumable(loader, self) if training else make_isolated(loader)
+        if undo is not None:
+            self._undo.append(undo)
+
+    def validation_started(self) -> None:
+        """Swap in the averages that evaluate with them; with exact resume, keep the generators' states."""
+        for average in self.averages:
+            average._validation_started()
+        if self.exact_resume:
+            # Validation during the fit draws no random number of the training's: a checkpoint saved right before it
+            # then holds the states the next batch starts from, whether or not a resumed run validates there again.
+            self._before_validation = capture_rng()
+
+    def validation_ended(self) -> None:
+        """Swap the trained weights back; put back the generators' states of the validation's start."""
+        for average in self.averages:
+            average._validation_ended()
+        state, self._before_validation = self._before_validation, None
+        if state is not None:
+            restore_rng(state)
+
+    def inexact(self, reason: str) -> None:
+        """Note why a resume of this fit cannot be exact; said once, if the fit resumes."""
+        if reason not in self._inexact:
+            self._inexact.append(reason)
+
+    def order_plan(self, loader: Any) -> dict[str, Any] | None:
+        """The saved order of the interrupted epoch for ``loader``, once (None at an epoch boundary)."""
+        if not self.order_plans:
+            return None
+        loaders = _lightning.training_dataloaders(self.trainer)
+        position = next((i for i, candidate in enumerate(loaders) if candidate is loader), None)
+        return None if position is None else self.order_plans.pop(position, None)
+
+    def restore_rng(self) -> None:
+        """Put back the generator states of the checkpoint being resumed, once, right before its first batch."""
+        state, self.resume_rng = self.resume_rng, None
+        if state is not None:
+            restore_rng(state)
+            for reason in self._inexact:
+                warn_inexact(reason)
 
     def attach(self, component: Any) -> None:
         """Bind a ``StepSchedule`` or ``EMA`` to this fit (once), through its own ``_manualopt_attach``."""
@@ -376,6 +429,10 @@ class FitSession:
         """Open a ``training_step`` call."""
         trainer = self.trainer
         call = self.call = StepCall(self.calls, _lightning.global_step(trainer), trainer.current_epoch, batch_idx)
+        if call.epoch != self._calls_epoch:
+            self._calls_epoch, self.epoch_calls = call.epoch, 0
+        if self.resume_rng is not None:  # no resumable loader fetched the first batch (an iterable dataset)
+            self.restore_rng()
         for record in self.records:
             record.stepping = False
         _running.session = self
@@ -386,6 +443,7 @@ class FitSession:
         self.call = None
         _running.session = None
         self.calls += 1
+        self.epoch_calls += 1
         self.batch_stepped = call.stepped
         _lightning.set_global_step(self.trainer, call.base + call.stepped)
         if self.calls == self._idle_check_at or (call._last_batch and self._idle_check_at):
@@ -419,7 +477,46 @@ class FitSession:
                 record.name: record.window.state_dict() for record in self.records if record.window.count
             },
             "skipped_updates": {record.name: record.skipped for record in self.records},
+            "epoch_calls": self.epoch_calls if self._calls_epoch == self.trainer.current_epoch else 0,
+            "resume": self._resume_state() if self.exact_resume else None,
         }
+
+    def _resume_state(self) -> list[dict[str, Any]]:
+        """Per rank: the generators' states now, each training loader's interrupted order, open windows' gradients."""
+        epoch = self.trainer.current_epoch
+        consumed = self.epoch_calls if self._calls_epoch == epoch else 0
+        loaders = _lightning.training_dataloaders(self.trainer)
+        state = {
+            "rng": capture_rng(),
+            "orders": [order_state(loader, consumed, epoch) for loader in loaders],
+            "windows": {
+                record.name: [p.grad for group in record.optimizer.param_groups for p in group["params"]]
+                for record in self.records
+                if record.window.count
+            },
+        }
+        return _gather(state)
+
+    def _load_resume_state(self, states: list[dict[str, Any]] | None) -> None:
+        if not self.exact_resume:
+            return
+        if not states:
+            self.inexact("the checkpoint holds no generator states (it was written with exact resume off)")
+            return
+        rank, world = _rank()
+        if len(states) != world:
+            self.inexact(f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}")
+            return
+        state = states[rank]
+        self.resume_rng = state["rng"]
+        self.order_plans = {i: plan for i, plan in enumerate(state.get("orders", [])) if plan is not None}
+        windows = state.get("windows", {})
+        for record in self.records:
+            gradients = windows.get(record.name)
+            if gradients is not None:
+                record.restore_gradients(gradients)  # the open window goes on from the gradients it had
+        if world > 1 and windows:
+            self.inexact("an accumulation window was open at the checkpoint under several processes")
 
     def accept_checkpoint(self, checkpoint: Any) -> None:
         """Check a checkpoint being resumed against this fit, before its weights are loaded, and take its counters.
@@ -508,11 +605,32 @@ class FitSession:
             # in automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
             record.window = Window.from_state(windows[record.name]) if record.name in windows else Window()
         self.batch_stepped = bool(entry.get("batch_stepped", True))
+        self.epoch_calls = int(entry.get("epoch_calls", 0))
+        self._load_resume_state(entry.get("resume"))
         if version == 1:  # positions were kept per schedule, all equal to the training_step calls
             positions = [int(state["position"]) for state in entry.get("schedules", {}).values()]
             self.calls = positions[0] if positions else 0
         else:
             self.calls = int(entry.get("training_step_calls", 0))
+
+
+def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
+    # every rank's part, in rank order (the checkpoint is written by rank 0 only)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _step_count(optimizer: Optimizer) -> int:

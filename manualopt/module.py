@@ -105,6 +105,11 @@ class ManualOptimizationModule(LightningModule):
     #: Under a GradScaler (16-bit AMP) the scaler skips such steps itself.
     non_finite: NonFinitePolicy = "error"
 
+    #: Whether a run resumed from a checkpoint goes on exactly as the interrupted run would have: checkpoints then also
+    #: hold, per rank, the random generators' states and the interrupted epoch's data order and position, and a resumed
+    #: run restores them at the batch (see the README's reliability section). Set it to False for the stock behaviour.
+    exact_resume: bool = True
+
     # Overrides LightningModule.automatic_optimization; mypy does not take @override on a property with a setter.
     @property  # type: ignore[explicit-override]
     def automatic_optimization(self) -> bool:

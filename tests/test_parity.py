@@ -122,6 +122,10 @@ STEP_TRACKERS = (
 
 def _without_step_trackers(loops: dict[str, Any]) -> dict[str, Any]:
     fit_loop = {key: value for key, value in loops["fit_loop"].items() if key not in STEP_TRACKERS}
+    # manualopt's training loader is resumable, so Lightning stores its (empty) state; automatic optimization's is not
+    state = fit_loop["state_dict"]
+    if state.get("combined_loader") == [{}]:
+        fit_loop["state_dict"] = {key: value for key, value in state.items() if key != "combined_loader"}
     return {**loops, "fit_loop": fit_loop}
 
 

@@ -1,0 +1,43 @@
+"""A run killed at any moment and resumed from ``last.ckpt`` ends bitwise equal to the run that was not killed."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from resume_harness import PHASES, Config, Kill, differences, in_child, run
+
+CONFIGS = [
+    Config("single"),
+    Config("gan", optimizers=2, generator=True),
+    Config("accumulation", accumulate=3, workers=2),
+]
+KILLS = 10  # seeded kill points per configuration
+
+
+def _kill_points(config: Config, steps: int) -> list[tuple[int, str]]:
+    # from the first checkpoint's step (a kill before it is written starts over) to before the last training step
+    chooser = random.Random(f"{config.name}-kills")
+    return [(chooser.randrange(config.every, steps), PHASES[i % len(PHASES)]) for i in range(KILLS)]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("config", CONFIGS, ids=[config.name for config in CONFIGS])
+def test_killed_and_resumed_runs_end_bitwise_equal(tmp_path: Path, config: Config) -> None:
+    reference_file = tmp_path / "reference.pt"
+    assert in_child(lambda: run(config, tmp_path / "reference", reference_file)) == 0
+    reference = torch.load(reference_file, weights_only=False)
+    per_epoch = -(-config.batches // config.accumulate)  # windows per epoch, the last one partial
+    assert reference["global_step"] == config.epochs * per_epoch
+    outcomes = []
+    for index, (step, phase) in enumerate(_kill_points(config, reference["global_step"])):
+        root, out = tmp_path / f"kill{index}", tmp_path / f"kill{index}.pt"
+        killed = in_child(lambda: run(config, root, out, kill=Kill(step, phase)))  # noqa: B023
+        assert killed == -9, f"the run was to be killed at step {step}, {phase}"
+        assert in_child(lambda: run(config, root, out, resume=True)) == 0  # noqa: B023
+        outcomes.append((step, phase, differences(torch.load(out, weights_only=False), reference)))
+    different = [outcome for outcome in outcomes if outcome[2]]
+    assert len(outcomes) == KILLS
+    assert different == [], f"{len(outcomes) - len(different)}/{len(outcomes)} bitwise; differing: {different}"
