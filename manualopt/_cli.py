@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
@@ -146,6 +147,12 @@ def new_project(
     path = templates[template]
     answers = dict(answers or {})
     parse_assignments([f"{key}={value}" for key, value in answers.items()], read_options(path), template)
+    # cookiecutter logs a refused answer's traceback; the hook has printed the reason, and the command says the rest
+    quiet = logging.NullHandler()
+    cookiecutter_logger = logging.getLogger("cookiecutter")
+    propagate = cookiecutter_logger.propagate
+    cookiecutter_logger.addHandler(quiet)
+    cookiecutter_logger.propagate = False
     try:
         return Path(
             cookiecutter(
@@ -164,6 +171,9 @@ def new_project(
         ) from error
     except ValueError as error:  # cookiecutter: an answer that is not one of the choices
         raise CommandError(f"{error} Nothing was written.") from error
+    finally:
+        cookiecutter_logger.removeHandler(quiet)
+        cookiecutter_logger.propagate = propagate
 
 
 def installed_from() -> str | None:
