@@ -256,6 +256,7 @@ def code_combinations() -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+@pytest.mark.timeout(900)  # about 90 s on 2 busy cores; the suite's default limit is 300 s
 def test_the_rest_of_the_cross_product_passes_its_own_tests(tmp_path: Path) -> None:
     """Every other code-changing combination: their suites in one pytest run (one import of torch and Lightning).
 
