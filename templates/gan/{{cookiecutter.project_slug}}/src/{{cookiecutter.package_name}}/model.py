@@ -45,7 +45,9 @@ class GAN(ManualOptimizationModule):
         ema_decay: Decay of the generator's exponential moving average (EMA), used for sampling.
         ema_warmup: Generator updates during which the EMA copies the generator instead of averaging.
 {%- endif %}
-        grid_rows: Rows of the sample grids{{ ' (one per class for a conditional GAN)' if conditional else '' }}; each row holds 8 samples.
+{%- if not conditional %}
+        grid_rows: Rows of the sample grids, 8 samples each.
+{%- endif %}
     """
 
     def __init__(
@@ -69,7 +71,9 @@ class GAN(ManualOptimizationModule):
         ema_decay: float = 0.99,
         ema_warmup: int = 50,
 {%- endif %}
+{%- if not conditional %}
         grid_rows: int = 8,
+{%- endif %}
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,11 +92,8 @@ class GAN(ManualOptimizationModule):
         # averaged after each real update of the "generator" optimizer (not after each global step)
         self.generator_ema = EMA(self.generator, optimizer="generator", decay=ema_decay, warmup_updates=ema_warmup)
 {%- endif %}
-{%- if conditional %}
-        rows = classes
-{%- else %}
-        rows = grid_rows
-{%- endif %}
+        # the fixed inputs of the sample grids: {{ 'one row of 8 per class' if conditional else 'grid_rows rows of 8' }}
+        rows = {{ 'classes' if conditional else 'grid_rows' }}
         self.register_buffer("fixed_noise", torch.randn(rows * 8, noise, generator=torch.Generator().manual_seed(0)))
 {%- if conditional %}
         self.register_buffer("fixed_labels", torch.arange(rows).repeat_interleave(8))
