@@ -1,0 +1,63 @@
+{%- set data_class = 'DigitsData' if cookiecutter.data == 'digits' else 'ImageFolderData' -%}
+"""The command line, a ``LightningCLI``: the console script, or ``python -m`` with the package.
+
+    {{ cookiecutter.project_slug }} fit --config configs/train.yaml
+    python -m {{ cookiecutter.package_name }} fit --config configs/train.yaml
+
+Every argument of the model, the data and the Trainer can be set in the YAML config or on
+the command line (``--model.lr 0.0005``, ``--trainer.max_epochs 5``), and ``--print_config`` shows them all. Resume
+a run with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+{% if cookiecutter.data != 'digits' -%}
+import sys
+
+{% endif -%}
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from {{ cookiecutter.package_name }}.data import {{ data_class }}{{ ', ImageFolderError' if cookiecutter.data != 'digits' else '' }}
+from {{ cookiecutter.package_name }}.model import GAN
+from {{ cookiecutter.package_name }}.samples import SampleGrids
+
+
+class GANCLI(LightningCLI):
+    """A ``LightningCLI`` that gives the model the image size and channels{{ ' and the number of classes' if cookiecutter.variant == 'conditional' else '' }} of the data."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the data's image format to the model's arguments, so that it is set in one place."""
+        for name in ("image_size", "channels"{{ ', "classes"' if cookiecutter.variant == 'conditional' else '' }}):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+
+def run(args: ArgsType = None) -> GANCLI:
+    """Run the command line with ``args`` (default: ``sys.argv``) and return it, with its ``trainer`` and ``model``.
+
+    After ``fit`` it prints where the run's step count, checkpoints and sample grids are.
+    """
+    cli = GANCLI(GAN, {{ data_class }}, args=args, save_config_kwargs={"overwrite": True})
+    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+        trainer = cli.trainer
+        print(f"\nglobal_step: {trainer.global_step} (training steps: one per batch)")
+        print(f"updates per optimizer: {dict(cli.model.optimizer_updates)}")
+        print(f"logs: {trainer.log_dir}")
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
+            print(f"checkpoints: {checkpoint.dirpath}")
+        grids = [path for callback in trainer.callbacks if isinstance(callback, SampleGrids) for path in callback.paths]
+        if grids:
+            print(f"sample grids: {len(grids)}, the last {grids[-1]}")
+    return cli
+
+
+def main() -> None:
+    """The console script{{ ': a wrong image folder ends the run with its message, without a traceback' if cookiecutter.data != 'digits' else '' }}."""
+{%- if cookiecutter.data != 'digits' %}
+    try:
+        run()
+    except ImageFolderError as error:
+        sys.exit(f"error: {error}")
+{%- else %}
+    run()
+{%- endif %}

@@ -1,0 +1,49 @@
+"""The command line, a ``LightningCLI``: the console script, or ``python -m`` with the package.
+
+    {{ cookiecutter.project_slug }} fit --config configs/train.yaml
+    python -m {{ cookiecutter.package_name }} fit --config configs/train.yaml
+
+Every argument of the model, the data and the Trainer can be set in the YAML config or on
+the command line (``--trainer.max_epochs 5``), and ``--print_config`` shows them all. Resume a run with
+``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from {{ cookiecutter.package_name }}.data import RegressionData
+from {{ cookiecutter.package_name }}.model import Model
+
+
+class ModelCLI(LightningCLI):
+    """A ``LightningCLI`` that gives the model the data's number of inputs and targets."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the data's sizes to the model's arguments, so that they are set in one place."""
+        parser.link_arguments("data.features", "model.features")
+        parser.link_arguments("data.outputs", "model.outputs")
+
+
+def run(args: ArgsType = None) -> ModelCLI:
+    """Run the command line with ``args`` (default: ``sys.argv``) and return it, with its ``trainer`` and ``model``.
+
+    After ``fit`` it prints the run's step count and where its checkpoints are.
+    """
+    cli = ModelCLI(Model, RegressionData, args=args, save_config_kwargs={"overwrite": True})
+    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+        trainer = cli.trainer
+        print(f"\nglobal_step: {trainer.global_step} (training steps: batches in which an optimizer updated)")
+        print(f"updates per optimizer: {dict(cli.model.optimizer_updates)}")
+        if "val_loss" in trainer.callback_metrics:
+            print(f"val_loss: {float(trainer.callback_metrics['val_loss']):.5f}")
+        print(f"logs: {trainer.log_dir}")
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
+            print(f"checkpoints: {checkpoint.dirpath}")
+    return cli
+
+
+def main() -> None:
+    """The console script."""
+    run()

@@ -1,0 +1,474 @@
+"""The project templates of templates/: bake every combination of answers and check what comes out.
+
+Each bake must succeed, leave no template syntax, pass ruff with the baked project's own config, and give a package
+that imports. The baked projects' own test suites run (in this environment, from their source folders) for a covering
+set of answers, each value of each question at least once, then for the rest of the cross product. Bad names
+are refused by the pre-generation hook with nothing written, names are written as data, and the train command of a
+default GAN project runs to the end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
+import cookiecutter.main as cookiecutter_main
+import pytest
+import yaml
+from cookiecutter.exceptions import FailedHookException
+
+from manualopt import ManualOptimizationModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+TEMPLATE_SYNTAX = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
+# names that the "general" template's bakes use: two (the default), one, three with spaces around the commas
+OPTIMIZER_NAME_SETS = ["encoder,decoder", "model", "generator, critic ,extra_part"]
+# Baked suites run on one thread: their networks are tiny, and several threads only wait for each other on 2 cores.
+SUITE_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def questions(template: str) -> dict[str, Any]:
+    """The template's ``cookiecutter.json``."""
+    options: dict[str, Any] = json.loads((TEMPLATES / template / "cookiecutter.json").read_text())
+    return options
+
+
+def choices(template: str) -> dict[str, list[Any]]:
+    """Every question with a fixed set of answers, and those answers: choice lists, yes/no, optimizer names."""
+    found: dict[str, list[Any]] = {}
+    for key, value in questions(template).items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, list):
+            found[key] = list(value)
+        elif isinstance(value, bool):
+            found[key] = [True, False]
+    if "optimizers" in questions(template):
+        found["optimizers"] = OPTIMIZER_NAME_SETS
+    return found
+
+
+def combination_id(template: str, answers: dict[str, Any]) -> str:
+    return "-".join([template, *(str(value).replace(",", "+").replace(" ", "") for value in answers.values())])
+
+
+def all_combinations(template: str) -> list[dict[str, Any]]:
+    """The cross product of the template's fixed-answer questions."""
+    options = choices(template)
+    return [dict(zip(options, values, strict=True)) for values in itertools.product(*options.values())]
+
+
+COMBINATIONS = [(template, answers) for template in ("gan", "general") for answers in all_combinations(template)]
+IDS = [combination_id(template, answers) for template, answers in COMBINATIONS]
+
+# A covering set: every value of every question at least once, and each GAN variant with each kind of data.
+COVERING = [
+    ("gan", {}),  # the defaults: dcgan, EMA, csv, digits, MIT
+    (
+        "gan",
+        {"variant": "wgan-gp", "ema": False, "logger": "tensorboard", "data": "image-folder", "license": "Apache-2.0"},
+    ),
+    (
+        "gan",
+        {"variant": "conditional", "ema": False, "logger": "csv", "data": "image-folder", "license": "BSD-3-Clause"},
+    ),
+    ("gan", {"variant": "conditional", "ema": True, "logger": "tensorboard", "data": "digits", "license": "none"}),
+    ("gan", {"variant": "dcgan", "ema": False, "logger": "tensorboard", "data": "image-folder"}),
+    ("gan", {"variant": "wgan-gp", "ema": True, "logger": "csv", "data": "digits"}),
+    ("general", {}),  # encoder,decoder, csv, MIT
+    ("general", {"optimizers": "model", "logger": "tensorboard", "license": "none"}),
+    ("general", {"optimizers": "generator, critic ,extra_part", "logger": "csv", "license": "Apache-2.0"}),
+    ("general", {"logger": "tensorboard", "license": "BSD-3-Clause"}),
+]
+
+
+def bake(template: str, output: Path, answers: dict[str, Any], replay: Path | None = None) -> Path:
+    """Bake ``template`` into ``output`` with ``answers`` (the rest: defaults), through cookiecutter's API."""
+    config = {"replay_dir": str(replay or output / ".replay"), "cookiecutters_dir": str(output / ".cookiecutters")}
+    made = cookiecutter_main.cookiecutter(
+        str(TEMPLATES / template), no_input=True, output_dir=str(output), extra_context=answers, default_config=config
+    )
+    return Path(made)
+
+
+def full_answers(template: str, answers: dict[str, Any]) -> dict[str, Any]:
+    """``answers`` completed with the first (default) answer of every fixed-answer question."""
+    return {key: answers.get(key, values[0]) for key, values in choices(template).items()}
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every combination baked once, each with a project name of its own (so that all packages import side by side)."""
+    output = tmp_path_factory.mktemp("baked")
+    projects = {}
+    for index, ((template, answers), name) in enumerate(zip(COMBINATIONS, IDS, strict=True)):
+        projects[name] = bake(template, output, {**answers, "project_name": f"Bake {template} {index}"}, output)
+    return projects
+
+
+def package_folder(project: Path) -> Path:
+    (folder,) = (project / "src").iterdir()
+    return folder
+
+
+def text_files(project: Path) -> Iterator[Path]:
+    for path in sorted(project.rglob("*")):
+        if path.is_file() and ".replay" not in path.parts:
+            yield path
+
+
+@pytest.mark.parametrize(("template", "answers"), COMBINATIONS, ids=IDS)
+def test_every_combination_bakes_a_complete_project(
+    baked: dict[str, Path], template: str, answers: dict[str, Any]
+) -> None:
+    project = baked[combination_id(template, answers)]
+    files = {path.relative_to(project).as_posix() for path in text_files(project)}
+    package = package_folder(project).name
+    for path in text_files(project):
+        text = path.read_text(encoding="utf-8")
+        assert not TEMPLATE_SYNTAX.search(text.replace("${{ matrix.python-version }}", "")), path
+    expected = {
+        ".github/workflows/ci.yml",
+        ".gitignore",
+        "Makefile",
+        "README.md",
+        "configs/train.yaml",
+        "pyproject.toml",
+        f"src/{package}/__init__.py",
+        f"src/{package}/__main__.py",
+        f"src/{package}/cli.py",
+        f"src/{package}/model.py",
+        f"src/{package}/data.py",
+        f"src/{package}/py.typed",
+        "tests/test_training.py",
+    }
+    assert expected <= files
+    assert ("LICENSE" in files) == (answers["license"] != "none")
+    assert (f"src/{package}/shapes.py" in files) == (answers.get("data") == "image-folder")
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert metadata["name"] == project.name
+    assert metadata.get("license") == (None if answers["license"] == "none" else answers["license"])
+    assert "manualopt" in metadata["dependencies"]
+    assert ("tensorboard>=2.11" in metadata["dependencies"]) == (answers["logger"] == "tensorboard")
+    config = yaml.safe_load((project / "configs" / "train.yaml").read_text())
+    assert config["trainer"]["logger"]["class_path"].endswith(
+        {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[answers["logger"]]
+    )
+    yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+
+
+def test_every_bake_passes_ruff_with_its_own_config(baked: dict[str, Path]) -> None:
+    """One ruff run over all projects: ruff reads each file's closest pyproject.toml, the baked project's own."""
+    folders = [str(path) for path in baked.values()]
+    ruff = [sys.executable, "-m", "ruff"]
+    check = subprocess.run([*ruff, "check", "--no-cache", *folders], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    formatted = subprocess.run([*ruff, "format", "--check", "--no-cache", *folders], capture_output=True, text=True)
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+
+
+@pytest.mark.parametrize(("template", "answers"), COMBINATIONS, ids=IDS)
+def test_every_baked_package_imports(
+    baked: dict[str, Path], template: str, answers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = baked[combination_id(template, answers)]
+    folder = package_folder(project)
+    monkeypatch.syspath_prepend(str(project / "src"))
+    for module_file in sorted(folder.glob("*.py")):
+        module = folder.name if module_file.stem == "__init__" else f"{folder.name}.{module_file.stem}"
+        importlib.import_module(module)
+    model = importlib.import_module(f"{folder.name}.model")
+    module_class = model.GAN if template == "gan" else model.Model
+    assert issubclass(module_class, ManualOptimizationModule)
+    if template == "gan":
+        source = (folder / "model.py").read_text()
+        assert ("EMA(" in source) == answers["ema"]
+        assert ("StepSchedule" in source) == (answers["variant"] == "wgan-gp")
+    else:
+        names = tuple(name.strip() for name in answers["optimizers"].split(","))
+        assert names == model.PARTS
+        source = (folder / "model.py").read_text()
+        assert [f'self.manual_step("{name}"' in source for name in names] == [True] * len(names)
+
+
+def run_suite(project: Path, *tests: Path, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The project's own tests, in this environment, from its source folder (nothing installed)."""
+    sources = os.pathsep.join(str(path.parents[1] / "src") for path in tests) if tests else str(project / "src")
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": sources}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if tests:
+        command += ["--import-mode=importlib", "-c", str(config or project / "pyproject.toml"), *map(str, tests)]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+def passed(result: subprocess.CompletedProcess[str]) -> int:
+    """The number of passed tests in pytest's closing line; the output is shown when the run failed."""
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    match = re.search(r"(\d+) passed", result.stdout)
+    assert match, result.stdout
+    return int(match.group(1))
+
+
+def test_the_covering_set_covers_every_answer() -> None:
+    for template in ("gan", "general"):
+        rows = [full_answers(template, answers) for name, answers in COVERING if name == template]
+        for key, values in choices(template).items():
+            assert {row[key] for row in rows} == set(values), (template, key)
+    gan_rows = [full_answers("gan", answers) for name, answers in COVERING if name == "gan"]
+    assert {(row["variant"], row["data"]) for row in gan_rows} == set(
+        itertools.product(*[choices("gan")[k] for k in ("variant", "data")])
+    )
+
+
+@pytest.mark.parametrize(("template", "answers"), COVERING, ids=[combination_id(t, a) for t, a in COVERING])
+def test_baked_project_passes_its_own_tests(tmp_path: Path, template: str, answers: dict[str, Any]) -> None:
+    project = bake(template, tmp_path, answers)
+    assert passed(run_suite(project)) >= 5
+
+
+def code_combinations() -> list[tuple[str, dict[str, Any]]]:
+    """The cross product of the answers that change code (not the license), less the covering set."""
+    covered = {combination_id(t, {k: v for k, v in full_answers(t, a).items() if k != "license"}) for t, a in COVERING}
+    rows = []
+    for template in ("gan", "general"):
+        options = {key: values for key, values in choices(template).items() if key != "license"}
+        for values in itertools.product(*options.values()):
+            answers = dict(zip(options, values, strict=True))
+            if combination_id(template, answers) not in covered:
+                rows.append((template, answers))
+    return rows
+
+
+@pytest.mark.timeout(900)  # about 90 s on 2 busy cores; the suite's default limit is 300 s
+def test_the_rest_of_the_cross_product_passes_its_own_tests(tmp_path: Path) -> None:
+    """Every other code-changing combination: their suites in one pytest run (one import of torch and Lightning).
+
+    The suites' names clash (tests/test_training.py), hence ``--import-mode=importlib``; the baked projects share one
+    pytest configuration, read from the first.
+    """
+    rows = code_combinations()
+    projects = [
+        bake(template, tmp_path, {**answers, "project_name": f"Cross {template} {index}"})
+        for index, (template, answers) in enumerate(rows)
+    ]
+    suites = [path for project in projects for path in sorted((project / "tests").glob("test_*.py"))]
+    result = run_suite(tmp_path, *suites, config=projects[0] / "pyproject.toml")
+    assert passed(result) >= 5 * len(projects)
+
+
+def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Path) -> None:
+    """The README's train command, shrunk to 2 epochs: ``python -m <package> fit --config configs/train.yaml``."""
+    from sklearn.datasets import load_digits
+
+    project = bake("gan", tmp_path, {})
+    package = package_folder(project).name
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
+    command = [sys.executable, "-m", package, "fit", "--config", "configs/train.yaml", "--trainer.max_epochs=2"]
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    batch_size = yaml.safe_load((project / "configs" / "train.yaml").read_text())["data"]["batch_size"]
+    batches = 2 * (len(load_digits().images) // batch_size)  # an epoch drops its last incomplete batch
+    assert f"global_step: {batches} " in result.stdout
+    import torch
+
+    checkpoint = torch.load(project / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == batches
+    assert list((project / "runs" / "version_0" / "samples").glob(f"*step={batches}.png"))
+
+
+BAD_NAMES = [
+    (
+        {"project_name": "My GAN", "package_name": "my gan"},
+        'package_name "my gan" is not a valid name (it holds spaces',
+    ),
+    ({"project_name": "My GAN", "package_name": "my-gan"}, "holds dashes"),
+    ({"project_name": "Bob's GAN"}, 'package_name "bob\'s_gan" is not a valid name (it holds punctuation'),
+    ({"project_name": "Café GAN"}, "it holds non-ASCII characters"),
+    ({"project_name": "3D GAN"}, "it starts with a digit"),
+    ({"project_name": "class"}, 'package_name "class" is a Python keyword'),
+    ({"project_name": "match"}, 'package_name "match" is a Python keyword'),
+    ({"project_name": "json"}, "the project's package would hide it"),
+    ({"project_name": "torch"}, "the project's package would hide it"),
+    ({"project_slug": "../escaped"}, 'project_slug "../escaped"'),
+    (
+        {"project_name": 'x"\n[tool.evil]\nx = "1'},
+        "project_name 'x\"\\n[tool.evil]\\nx = \"1' holds characters that do not print",
+    ),
+    ({"package_name": 'x"]\nimport os  #'}, "is not a valid name"),
+    ({"package_name": "__import__('os').system('true')"}, "is not a valid name"),
+    ({"package_name": "os;import shutil"}, "it holds punctuation"),
+    ({"description": "line one\u2028line two"}, "holds characters that do not print (U+2028"),
+    ({"author_name": "Eve\u202e"}, "holds characters that do not print (U+202E"),
+    ({"author_email": "not an address"}, "is not an e-mail address"),
+    ({"manualopt_requirement": "manualopt; rm -rf ~"}, "must be one pip requirement, path or URL"),
+    ({"manualopt_requirement": "--index-url=http://example.org"}, "must be one pip requirement, path or URL"),
+]
+BAD_OPTIMIZERS = [
+    ("encoder,encoder", "names encoder twice"),
+    ("encoder,2nd", 'optimizer name "2nd" is not a valid name (it starts with a digit'),
+    ("encoder,optimizer", 'optimizer name "optimizer" is reserved'),
+    ("encoder,for", 'optimizer name "for" is a Python keyword'),
+    (" , ", 'optimizer name "" is not a valid name (it is empty'),
+    ("a,b,c,d,e,f,g,h,i", "names 9 optimizers; at most 8"),
+]
+
+
+def assert_refused(template: str, tmp_path: Path, answers: dict[str, Any], message: str, capfd: Any) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    with pytest.raises(FailedHookException):
+        bake(template, output, answers, replay=tmp_path / "replay")
+    stderr = capfd.readouterr().err
+    assert message in stderr
+    assert "The project was not created" in stderr
+    assert "Nothing was written." in stderr
+    assert list(output.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "replay"]
+
+
+@pytest.mark.parametrize(("answers", "message"), BAD_NAMES, ids=[str(i) for i in range(len(BAD_NAMES))])
+@pytest.mark.parametrize("template", ["gan", "general"])
+def test_bad_answers_are_refused_before_anything_is_written(
+    tmp_path: Path, capfd: Any, template: str, answers: dict[str, Any], message: str
+) -> None:
+    assert_refused(template, tmp_path, answers, message, capfd)
+
+
+@pytest.mark.parametrize(("optimizers", "message"), BAD_OPTIMIZERS)
+def test_bad_optimizer_names_are_refused(tmp_path: Path, capfd: Any, optimizers: str, message: str) -> None:
+    assert_refused("general", tmp_path, {"optimizers": optimizers}, message, capfd)
+
+
+def test_a_refused_name_comes_with_names_that_work(tmp_path: Path, capfd: Any) -> None:
+    assert_refused("gan", tmp_path, {"project_name": "Zoë's 3D GAN"}, "it holds non-ASCII characters", capfd)
+    capfd.readouterr()
+    with pytest.raises(FailedHookException):
+        bake("gan", tmp_path / "out", {"project_name": "Zoë's 3D GAN"}, replay=tmp_path / "replay")
+    stderr = capfd.readouterr().err
+    assert "manualopt new gan project_slug=zoes-3d-gan package_name=zoes_3d_gan" in stderr
+    project = bake("gan", tmp_path / "out", {"project_name": "Zoë's 3D GAN", "project_slug": "zoes-3d-gan"})
+    assert (project / "src" / "zoes_3d_gan" / "model.py").is_file()
+
+
+HOSTILE = 'Zoë\'s "GAN" \\ """ \'\'\' ]\n'.strip() + " [tool.evil] x = 1 # $(whoami) `id` ${HOME}"
+
+
+@pytest.mark.parametrize("template", ["gan", "general"])
+def test_names_are_data_not_code(tmp_path: Path, template: str) -> None:
+    """Quotes, backslashes, brackets and shell syntax in free text end up as that text, and only where text goes."""
+    answers = {"project_name": HOSTILE, "project_slug": "hostile", "author_name": 'O\'Brien "Bob" \\ [x]'}
+    project = bake(template, tmp_path, answers)
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())
+    assert set(metadata) == {"build-system", "project", "tool"}
+    assert metadata["project"]["description"].startswith(HOSTILE + ": ")
+    assert metadata["project"]["authors"] == [{"name": answers["author_name"], "email": "you@example.com"}]
+    assert HOSTILE in (project / "README.md").read_text()
+    for path in project.rglob("*.py"):
+        assert "Zoë" not in path.read_text(), path
+    check = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(project)], capture_output=True)
+    assert check.returncode == 0, check.stdout
+
+
+def load_filters(template: str) -> Any:
+    spec = importlib.util.spec_from_file_location(
+        f"filters_{template}", TEMPLATES / template / "manualopt_template_filters.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'a "quoted" name', "back\\slash", '"""', "'''", "tab\tnew\nline", "\x00\x1f\x7f", "Zoë 😀", "x\\u0041"],
+)
+def test_toml_string_round_trips(text: str) -> None:
+    toml_string = load_filters("gan").toml_string
+    assert tomllib.loads(f"key = {toml_string(text)}\nother = 1")["key"] == text
+
+
+def test_the_templates_share_their_hook_and_filters() -> None:
+    for shared in ("hooks/pre_gen_project.py", "manualopt_template_filters.py"):
+        assert (TEMPLATES / "gan" / shared).read_text() == (TEMPLATES / "general" / shared).read_text(), shared
+
+
+def test_cookiecutter_reaches_a_template_in_a_repository_folder(tmp_path: Path) -> None:
+    """``cookiecutter <repo> --directory templates/gan``, with a git repository holding this project's templates."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repository = tmp_path / "repository"
+    shutil.copytree(TEMPLATES, repository / "templates", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "templates"]):
+        subprocess.run([*git, *command], cwd=repository, check=True, capture_output=True)
+    config = {"replay_dir": str(tmp_path / "replay"), "cookiecutters_dir": str(tmp_path / "clones")}
+    made = cookiecutter_main.cookiecutter(
+        f"git+file://{repository}",
+        directory="templates/gan",
+        no_input=True,
+        output_dir=str(tmp_path / "out"),
+        extra_context={"variant": "wgan-gp"},
+        default_config=config,
+    )
+    assert "StepSchedule.every(critic=1" in (Path(made) / "src" / "digit_gan" / "model.py").read_text()
+
+
+def test_the_wheel_ships_every_template_file(tmp_path: Path) -> None:
+    """A wheel built from the sources holds the templates under manualopt/templates, dotfiles included."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("manualopt", "templates"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path)]
+    result = subprocess.run([*build, str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("manualopt-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"manualopt/templates/{p.relative_to(source / 'templates').as_posix()}"
+        for p in (source / "templates").rglob("*")
+        if p.is_file()
+    }
+    expected |= {
+        f"manualopt/{p.relative_to(source / 'manualopt').as_posix()}"
+        for p in (source / "manualopt").rglob("*")
+        if p.is_file()
+    }
+    assert expected <= shipped, sorted(expected - shipped)
+    assert "manualopt/templates/gan/{{cookiecutter.project_slug}}/.github/workflows/ci.yml" in shipped
+    assert not [name for name in shipped if "__pycache__" in name]
+    entry_points = next(name for name in shipped if name.endswith("entry_points.txt"))
+    assert "manualopt = manualopt._cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_hooks_and_filters_pass_ruff() -> None:
+    """The templates' own Python (hooks, Jinja filters) is valid Python before rendering, linted like the library."""
+    files = [str(path) for path in sorted(TEMPLATES.glob("*/hooks/*.py")) + sorted(TEMPLATES.glob("*/*.py"))]
+    assert len(files) == 6
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--no-cache", *files], cwd=ROOT, capture_output=True
+        )
+        assert result.returncode == 0, result.stdout
