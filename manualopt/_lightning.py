@@ -54,6 +54,7 @@ __all__ = [
     "parse_optimizer_config",
     "restore_global_step",
     "restored_step_counts",
+    "resumes_loops_exactly",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
     "step_scheduler",
@@ -357,6 +358,23 @@ def restored_step_counts(trainer: pl.Trainer) -> tuple[int, int, int]:
     automatic = int(epoch_loop.automatic_optimization.optim_progress.optimizer_steps)
     manual = int(_manual_progress(trainer).total.completed)
     return automatic, manual, int(epoch_loop._batches_that_stepped)
+
+
+#: The first Lightning release whose loops resume a checkpoint saved at a batch's end without training that batch again
+#: (its ``_TrainingEpochLoop`` tells where a run was saved: ``RestartStage``); exact resume is tested from there.
+EXACT_RESUME_FROM = (2, 6)
+
+
+def resumes_loops_exactly() -> bool:
+    """Whether the installed Lightning restarts its loops at the batch after the checkpoint (see ``EXACT_RESUME_FROM``).
+
+    Why: releases before it may train the batch a checkpoint was saved after once more when they resume (2.1 always
+    does; 2.5.0 does with accumulating optimizers), which no state in the checkpoint can undo.
+    """
+    from lightning import __version__
+
+    major, minor = (int(part) for part in __version__.split(".")[:2])
+    return (major, minor) >= EXACT_RESUME_FROM
 
 
 def is_spawned_worker(trainer: pl.Trainer) -> bool:

@@ -503,6 +503,14 @@ class FitSession:
         if not states:
             self.inexact("the checkpoint holds no generator states (it was written with exact resume off)")
             return
+        if not _lightning.resumes_loops_exactly():
+            from lightning import __version__
+
+            major, minor = _lightning.EXACT_RESUME_FROM
+            self.inexact(
+                f"Lightning {__version__} may train the batch the checkpoint was saved after once more when it"
+                f" resumes; exact resume is tested from Lightning {major}.{minor}"
+            )
         rank, world = _rank()
         if len(states) != world:
             self.inexact(f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}")
