@@ -49,6 +49,7 @@ class Case:
     n_critic: int = 1  # a StepSchedule: the generator steps on every n-th batch
     ema: bool = False
     batch_size: int = 64
+    non_finite: str = "error"  # manualopt's check of every update's gradients ("ignore": off)
 
     @property
     def gan(self) -> bool:
@@ -112,6 +113,7 @@ class WithManualopt(ManualOptimizationModule):
     def __init__(self, case: Case) -> None:
         super().__init__()
         self.case = case
+        self.non_finite = case.non_finite  # type: ignore[assignment]
         self.nets = nn.ModuleDict(_nets(case))
         if case.gan and case.n_critic > 1:
             self.schedule = StepSchedule.every(discriminator=1, generator=case.n_critic)
@@ -301,6 +303,7 @@ def cases(quick: bool) -> Iterator[Case]:
     yield Case("GAN, clip norm 1.0", clip=1.0)
     yield Case("GAN, StepSchedule 5 critic : 1 generator", n_critic=5)
     yield Case("GAN, EMA of the generator", ema=True)
+    yield Case("GAN, non-finite check off", non_finite="ignore")
 
 
 def _row(case: Case, results: dict[str, Measured]) -> str:

@@ -42,6 +42,7 @@ class Config:
     batches: int = 8
     epochs: int = 2
     every: int = 3  # checkpoint every n training steps (and last.ckpt)
+    processes: int = 1  # 2: DDP on two CPU processes (spawned, gloo)
 
     @property
     def steps(self) -> int:
@@ -97,6 +98,8 @@ class Kill(pl.Callback):
 
     def _now(self, trainer: pl.Trainer, phase: str) -> None:
         if phase == self.phase and trainer.global_step >= self.step:
+            if trainer.world_size > 1:  # every process of the run at once, as a preemption would
+                os.killpg(os.getpgid(0), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -137,24 +140,40 @@ def run(config: Config, root: Path, out: Path, kill: Kill | None = None, resume:
     torch.set_num_threads(1)
     model = Model(config)
     checkpoint = ModelCheckpoint(dirpath=str(root), every_n_train_steps=config.every, save_top_k=-1, save_last=True)
+    distributed: dict[str, Any] = {}
+    if config.processes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo", find_unused_parameters=True)
+        distributed = {"devices": config.processes, "strategy": strategy}
     trainer = pl.Trainer(
         default_root_dir=str(root),
         max_epochs=config.epochs,
         accelerator="cpu",
-        devices=1,
+        **({"devices": 1} | distributed),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         val_check_interval=4,
         limit_val_batches=1,
-        callbacks=[checkpoint, *([kill] if kill else [])],
+        callbacks=[checkpoint, *([kill] if kill else []), WritesFinalState(out)],
     )
     last = root / "last.ckpt"
     trainer.fit(
         model, loader(config), loader(config, seed=1), ckpt_path=str(last) if resume and last.exists() else None
     )
-    torch.save(final_state(trainer, model), out)
+
+
+class WritesFinalState(pl.Callback):
+    """Each process writes its final state (``out`` for rank 0, ``out.rank<r>`` for the others)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = str(out)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        target = self.out if trainer.global_rank == 0 else f"{self.out}.rank{trainer.global_rank}"
+        torch.save(final_state(trainer, pl_module), target)  # type: ignore[arg-type]
 
 
 def final_state(trainer: pl.Trainer, model: Model) -> dict[str, Any]:
@@ -178,6 +197,7 @@ def in_child(function: Callable[[], None]) -> int:
     if pid == 0:  # the child: never returns into the test
         status = 1
         try:
+            os.setpgrp()  # its own process group: a kill of the run's processes spares the test
             function()
             status = 0
         finally:

@@ -59,3 +59,22 @@ def test_on_older_lightning_a_resume_says_why_it_is_not_exact(tmp_path: Path) ->
         run(config, tmp_path, tmp_path / "resumed.pt", resume=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=False)
     assert resumed["global_step"] >= config.steps  # it resumed and finished
+
+
+@pytest.mark.skipif(not EXACT, reason="exact resume is tested from Lightning 2.6 (older loops may replay a batch)")
+@pytest.mark.timeout(900)
+def test_a_killed_two_process_ddp_run_resumes_bitwise_on_every_rank(tmp_path: Path) -> None:
+    config = Config("ddp", optimizers=2, processes=2, batches=8)
+    reference_file = tmp_path / "reference.pt"
+    assert in_child(lambda: run(config, tmp_path / "reference", reference_file)) == 0
+    outcomes = []
+    for index, (step, phase) in enumerate([(5, "mid-step"), (3, "batch-end")]):
+        root, out = tmp_path / f"kill{index}", tmp_path / f"kill{index}.pt"
+        assert in_child(lambda: run(config, root, out, kill=Kill(step, phase))) == -9  # noqa: B023
+        assert in_child(lambda: run(config, root, out, resume=True)) == 0  # noqa: B023
+        for rank_file, reference in ((out, reference_file), (Path(f"{out}.rank1"), Path(f"{reference_file}.rank1"))):
+            ours, theirs = torch.load(rank_file, weights_only=False), torch.load(reference, weights_only=False)
+            outcomes.append((step, phase, rank_file.name, differences(ours, theirs)))
+    assert [outcome for outcome in outcomes if outcome[3]] == []
+    rank0, rank1 = torch.load(out, weights_only=False), torch.load(f"{out}.rank1", weights_only=False)
+    assert differences(rank0, rank1) == []  # and the ranks agree with each other
