@@ -7,8 +7,8 @@ conditional generator, sets ``conditional = True``. Everything else is shared:
 - a fixed noise buffer (one vector per validation sample) makes successive validations comparable;
 - validation logs ``fid``, the Fréchet distance of the samples to the held-out digits (:mod:`examples.frechet`);
 - ``draw_samples`` writes a 10x10 grid (one row per class for a conditional generator);
-- ``configure_optimizers`` gives both networks Adam and a learning rate that falls linearly to
-  ``final_lr_fraction`` of its start over the run's epochs.
+- ``configure_optimizers`` gives both networks Adam with a learning rate held, then decayed linearly to 0 over the
+  last ``decay_fraction`` of the run's epochs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class DigitsGAN(ManualOptimizationModule):
         noise: Dimension of the generator's noise.
         lr: Adam's learning rate at the start, for both networks.
         betas: Adam's betas, for both networks.
-        final_lr_fraction: The learning rate at the end of the last epoch, as a fraction of ``lr`` (1: constant).
+        decay_fraction: The share of epochs, at the end, over which the learning rate falls linearly to 0 (0: constant).
         ema_decay: Decay of the generator's moving average, per generator update.
         ema_warmup: Generator updates during which the average copies the generator.
         samples: Size of the fixed noise buffer: the most samples a validation can draw.
@@ -52,13 +52,13 @@ class DigitsGAN(ManualOptimizationModule):
         noise: int,
         lr: float,
         betas: tuple[float, float],
-        final_lr_fraction: float,
+        decay_fraction: float,
         ema_decay: float,
         ema_warmup: int,
         samples: int,
     ) -> None:
         super().__init__()
-        self.noise, self.lr, self.betas, self.final_lr_fraction = noise, lr, betas, final_lr_fraction
+        self.noise, self.lr, self.betas, self.decay_fraction = noise, lr, betas, decay_fraction
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.register_buffer("fixed_noise", torch.randn(samples, noise, generator=torch.Generator().manual_seed(1)))
         self._frechet: DigitsFrechetDistance | None = None
@@ -114,11 +114,14 @@ class DigitsGAN(ManualOptimizationModule):
         return save_grid(self.sample(self.fixed_noise[:100], labels), path, rows=10)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adam for ``generator`` and the discriminator, each with a per-epoch linear learning-rate decay."""
+        """Adam for ``generator`` and the discriminator, each with the learning rate held, then decayed per epoch."""
         epochs = max(1, self.trainer.max_epochs or 1)
+        decay_epochs = self.decay_fraction * epochs
 
         def factor(epoch: int) -> float:
-            return 1.0 - (1.0 - self.final_lr_fraction) * min(epoch, epochs) / epochs
+            if decay_epochs <= 0:
+                return 1.0
+            return min(1.0, max(0.0, (epochs - epoch) / decay_epochs))
 
         optimizers = {}
         for name, module in (("generator", self.generator), (self.discriminator_name, self.discriminator_module())):

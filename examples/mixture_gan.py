@@ -60,7 +60,7 @@ class MixtureGAN(ManualOptimizationModule):
         discriminator_layers: int = 2,
         pack: int = 2,
         r1: float = 0.0,
-        lr: float = 5e-4,
+        lr: float = 2e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         decay_fraction: float = 0.5,
         ema_decay: float = 0.999,

@@ -48,15 +48,26 @@ class ConditionalGenerator(nn.Module):
 
 
 class ConditionalDiscriminator(nn.Module):
-    """One score per class, read at the asked class (the simplest form of a projection discriminator)."""
+    """One score per class, read at the asked class (the simplest form of a projection discriminator).
 
-    def __init__(self, width: int) -> None:
+    With ``auxiliary=True`` the same network also outputs class logits (:meth:`classify`), as the auxiliary
+    classifier of AC-GAN (Odena et al., 2017) does.
+    """
+
+    def __init__(self, width: int, auxiliary: bool = False) -> None:
         super().__init__()
-        self.net = discriminator_network(width, outputs=CLASSES)
+        self.net = discriminator_network(width, outputs=CLASSES * (2 if auxiliary else 1))
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         """Scores (N, 1) of ``images`` as real digits of classes ``labels``."""
-        return self.net(images).gather(1, labels[:, None])
+        return self.net(images)[:, :CLASSES].gather(1, labels[:, None])
+
+    def classify(self, images: Tensor) -> Tensor:
+        """Class logits (N, 10) of the auxiliary classifier (``auxiliary=True`` only)."""
+        outputs = self.net(images)
+        if outputs.shape[1] != 2 * CLASSES:
+            raise RuntimeError("This discriminator has no auxiliary classifier; build it with auxiliary=True.")
+        return outputs[:, CLASSES:]
 
 
 def mlp(inputs: int, outputs: int, width: int = 64, hidden_layers: int = 2) -> nn.Sequential:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,7 @@ class Published:
     runs: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Recipe:
     """A recipe as the results table runs it.
 
@@ -60,6 +61,7 @@ class Recipe:
         goals: Metric name to (``"<="`` or ``">="``, threshold on the shown scale).
         every_seed: Metric name to a value every seed must reach (on the shown scale), e.g. all modes covered.
         quick: Command-line overrides of ``--quick``.
+        options: Command-line options of every run (after the config).
         published: Published numbers on the same measure.
     """
 
@@ -73,6 +75,7 @@ class Recipe:
     goals: dict[str, tuple[str, float]] = field(default_factory=dict)
     every_seed: dict[str, float] = field(default_factory=dict)
     quick: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
     published: tuple[Published, ...] = ()
 
 
@@ -95,6 +98,8 @@ _DIGITS_QUICK = (
     "--trainer.check_val_every_n_epoch=1",
     "--data.samples_per_validation=200",
 )
+# `make demo`: the DCGAN recipe on a shorter schedule (the Makefile passes the same options)
+DEMO_OPTIONS = ("--trainer.max_epochs=60",)
 _MIXTURE_QUICK = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=20", "--trainer.check_val_every_n_epoch=1")
 
 RECIPES: tuple[Recipe, ...] = (
@@ -103,7 +108,7 @@ RECIPES: tuple[Recipe, ...] = (
         "mixture_gan",
         "ring_gaussians.yaml",
         "Ring of 8 Gaussians (radius 1, std 0.01)",
-        "PacGAN2 packing, generator EMA, learning rate decayed linearly over the last half",
+        "PacGAN2 packing, generator EMA (0.999), Adam at 2e-3 held, then decayed linearly to 0 over the last half",
         tuple(range(10)),
         _COVERAGE,
         goals={"high_quality": (">=", 98.0)},
@@ -116,7 +121,7 @@ RECIPES: tuple[Recipe, ...] = (
         "mixture_gan",
         "grid_gaussians.yaml",
         "Grid of 25 Gaussians (spacing 2, std 0.05)",
-        "PacGAN2 packing, generator EMA, learning rate decayed linearly over the last half",
+        "as the ring, on more steps",
         tuple(range(10)),
         _COVERAGE,
         goals={"high_quality": (">=", 95.0)},
@@ -129,18 +134,29 @@ RECIPES: tuple[Recipe, ...] = (
         "dcgan_digits",
         "dcgan_digits.yaml",
         "DCGAN on digits",
-        "generator EMA",
+        "R1 penalty (0.1), generator EMA (0.99), learning rate held, then decayed linearly to 0 over the last half",
         (0, 1, 2),
         {"fid": ("Fréchet distance", 1.0, 1)},
         goals={"fid": ("<=", 20.0)},
         quick=_DIGITS_QUICK,
     ),
     Recipe(
+        "dcgan_demo",
+        "dcgan_digits",
+        "dcgan_digits.yaml",
+        "DCGAN on digits, `make demo`'s 60 epochs",
+        "as above, on a shorter schedule",
+        (0, 1, 2),
+        {"fid": ("Fréchet distance", 1.0, 1)},
+        quick=_DIGITS_QUICK,
+        options=DEMO_OPTIONS,
+    ),
+    Recipe(
         "cgan_digits",
         "cgan_digits",
         "cgan_digits.yaml",
         "Conditional GAN on digits",
-        "generator EMA",
+        "as the DCGAN, plus an auxiliary classifier in the discriminator (AC-GAN loss, weight 1)",
         (0, 1, 2),
         {"fid": ("Fréchet distance", 1.0, 1), "class_accuracy": ("% asked class read", 100.0, 1)},
         goals={"fid": ("<=", 18.0), "class_accuracy": (">=", 99.5)},
@@ -151,7 +167,7 @@ RECIPES: tuple[Recipe, ...] = (
         "wgan_gp_digits",
         "wgan_gp_digits.yaml",
         "WGAN-GP on digits, 5 critic updates per generator update",
-        "generator EMA",
+        "gradient penalty 10, generator EMA (0.99), learning rate held, then decayed linearly to 0 over the last half",
         (0, 1, 2),
         {"fid": ("Fréchet distance", 1.0, 1)},
         goals={"fid": ("<=", 25.0)},
@@ -213,7 +229,7 @@ def write_overrides(out: Path) -> Path:
 def _command(recipe: Recipe, seed: int, folder: Path, quick: bool, overrides: Path) -> list[str]:
     command = [sys.executable, "-m", f"examples.{recipe.module}", "fit"]
     command += ["--config", str(EXAMPLES / "configs" / recipe.config), "--config", str(overrides)]
-    command += [f"--seed_everything={seed}", f"--trainer.default_root_dir={folder}"]
+    command += [f"--seed_everything={seed}", f"--trainer.default_root_dir={folder}", *recipe.options]
     return command + list(recipe.quick if quick else ())
 
 
@@ -227,14 +243,43 @@ def _describe(run: Run) -> str:
     return ", ".join(parts)
 
 
-def run_all(runs: Sequence[Run], jobs: int) -> None:
-    """Run the processes, ``jobs`` at a time, printing a line as each one ends."""
+RESULT_FILE = "result.json"
+
+
+def _load_finished(run: Run) -> bool:
+    """Fill ``run`` from a result an earlier invocation left in its folder; False if there is none."""
+    try:
+        record = json.loads((run.folder / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("command") != run.command[1:] or record.get("returncode") != 0:
+        return False
+    run.returncode, run.cpu_seconds, run.wall_seconds = 0, record["cpu_seconds"], record["wall_seconds"]
+    run.summary = record["summary"]
+    return True
+
+
+def run_all(runs: Sequence[Run], jobs: int, reuse: bool = False) -> None:
+    """Run the processes, ``jobs`` at a time, printing a line as each one ends.
+
+    With ``reuse``, a run whose folder holds the result of the same command (an interrupted regeneration) is not run
+    again.
+    """
     waiting, running = list(runs), {}
     done = 0
+    if reuse:
+        for run in [run for run in waiting if _load_finished(run)]:
+            waiting.remove(run)
+            done += 1
+            print(
+                f"[{done}/{len(runs)}] {run.name}: {_describe(run)} (CPU {run.cpu_seconds:.0f} s, reused)", flush=True
+            )
     while waiting or running:
         while waiting and len(running) < jobs:
             run = waiting.pop(0)
-            run.folder.mkdir(parents=True, exist_ok=True)
+            if run.folder.exists():
+                shutil.rmtree(run.folder)  # a fresh run: no version folders or checkpoints of an earlier one
+            run.folder.mkdir(parents=True)
             with open(run.folder / "output.txt", "w") as output:
                 process = subprocess.Popen(run.command, stdout=output, stderr=subprocess.STDOUT, cwd=EXAMPLES.parent)
             running[process.pid] = (run, process, time.monotonic())
@@ -245,9 +290,17 @@ def run_all(runs: Sequence[Run], jobs: int) -> None:
         process.returncode = run.returncode = os.waitstatus_to_exitcode(status)
         run.cpu_seconds = usage.ru_utime + usage.ru_stime
         run.wall_seconds = time.monotonic() - started
-        summaries = sorted(run.folder.glob("version_*/summary.json"))
+        summaries = list(run.folder.glob("version_0/summary.json"))
         if run.returncode == 0 and summaries:
             run.summary = json.loads(summaries[-1].read_text())
+        record = {
+            "command": run.command[1:],
+            "returncode": run.returncode,
+            "cpu_seconds": run.cpu_seconds,
+            "wall_seconds": run.wall_seconds,
+            "summary": run.summary,
+        }
+        (run.folder / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n")
         done += 1
         print(
             f"[{done}/{len(runs)}] {run.name}: {_describe(run)} "
@@ -415,6 +468,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Run]]:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes at once")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/results (--quick: runs/results-quick)")
     parser.add_argument("--no-readme", action="store_true", help="leave examples/README.md and results.png alone")
+    parser.add_argument("--reuse", action="store_true", help="keep the results of runs an earlier invocation finished")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / ("results-quick" if args.quick else "results")
     chosen = [recipe for recipe in RECIPES if not args.recipes or recipe.key in args.recipes]
@@ -430,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Run]]:
     every_run = [run for group in runs.values() for run in group]
     mode = "quick mode, " if args.quick else ""
     print(f"{len(every_run)} runs ({mode}{args.jobs} at a time, one torch thread each), outputs in {out}", flush=True)
-    run_all(every_run, max(1, args.jobs))
+    run_all(every_run, max(1, args.jobs), reuse=args.reuse)
     command = "python -m examples.results" + (" --quick" if args.quick else "")
     table = render(runs, command)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ class WGANGP(DigitsGAN):
         lr: Adam's learning rate at the start, for both networks.
         beta1: Adam's first beta.
         beta2: Adam's second beta.
-        final_lr_fraction: The learning rate at the end, as a fraction of ``lr``.
+        decay_fraction: The share of epochs, at the end, over which the learning rate falls linearly to 0.
         ema_decay: Decay of the generator's moving average, per generator update.
         ema_warmup: Generator updates during which the average copies the generator.
         samples: Size of the fixed noise buffer.
@@ -50,12 +50,12 @@ class WGANGP(DigitsGAN):
         lr: float = 5e-4,
         beta1: float = 0.0,
         beta2: float = 0.9,
-        final_lr_fraction: float = 1.0,
+        decay_fraction: float = 0.5,
         ema_decay: float = 0.99,
         ema_warmup: int = 20,
         samples: int = 1437,
     ) -> None:
-        super().__init__(noise, lr, (beta1, beta2), final_lr_fraction, ema_decay, ema_warmup, samples)
+        super().__init__(noise, lr, (beta1, beta2), decay_fraction, ema_decay, ema_warmup, samples)
         self.save_hyperparameters()
         self.penalty = penalty
         self.generator = generator_network(noise, width)
