@@ -259,11 +259,11 @@ def _load_finished(run: Run) -> bool:
     return True
 
 
-def run_all(runs: Sequence[Run], jobs: int, reuse: bool = False) -> None:
+def run_all(runs: Sequence[Run], jobs: int, reuse: bool = False, new_runs: bool = True) -> None:
     """Run the processes, ``jobs`` at a time, printing a line as each one ends.
 
     With ``reuse``, a run whose folder holds the result of the same command (an interrupted regeneration) is not run
-    again.
+    again; with ``new_runs=False`` as well, only such runs count and nothing is started.
     """
     waiting, running = list(runs), {}
     done = 0
@@ -274,6 +274,10 @@ def run_all(runs: Sequence[Run], jobs: int, reuse: bool = False) -> None:
             print(
                 f"[{done}/{len(runs)}] {run.name}: {_describe(run)} (CPU {run.cpu_seconds:.0f} s, reused)", flush=True
             )
+    if not new_runs:
+        for run in waiting:
+            print(f"[-/{len(runs)}] {run.name}: not run (--no-new-runs)", flush=True)
+        waiting = []
     while waiting or running:
         while waiting and len(running) < jobs:
             run = waiting.pop(0)
@@ -334,7 +338,10 @@ def _verdict(recipe: Recipe, runs: Sequence[Run]) -> str:
         checks.append(len(values) == len(runs) and all(value >= threshold for value in values))
     if not checks:
         return "-"
-    return "met" if all(checks) else "not met"
+    verdict = "met" if all(checks) else "not met"
+    if len(runs) < len(recipe.seeds):
+        verdict += f" on the {len(runs)} seeds run"
+    return verdict
 
 
 def _goal_text(recipe: Recipe) -> str:
@@ -364,11 +371,13 @@ def render(groups: dict[Recipe, list[Run]], command: str) -> str:
             for metric, (title, _, decimals) in recipe.metrics.items()
         )
         steps = sorted({int(run.summary.get("global_step", 0)) for run in finished})
-        cpu = statistics.fmean(run.cpu_seconds for run in runs) if runs else 0.0
-        seeds = ", ".join(str(run.seed) for run in runs)
-        failed = len(runs) - len(finished)
+        cpu = statistics.fmean(run.cpu_seconds for run in finished) if finished else 0.0
+        seeds = ", ".join(str(run.seed) for run in finished)
+        if len(finished) < len(recipe.seeds):
+            seeds += f" ({len(finished)} of the {len(recipe.seeds)} seeds of a full run)"
+        failed = [run for run in runs if run.returncode not in (0, None)]
         if failed:
-            result += f" ({failed} of {len(runs)} runs failed)"
+            result += f" ({len(failed)} of {len(runs)} runs failed)"
         lines.append(
             f"| {recipe.title} | {recipe.technique} | {seeds} | {', '.join(f'{s:,}' for s in steps)} "
             f"| {cpu:.0f} s | {result} | {_goal_text(recipe)} | {_verdict(recipe, finished)} |"
@@ -469,6 +478,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[Run]]:
     parser.add_argument("--out", type=Path, default=None, help="default: runs/results (--quick: runs/results-quick)")
     parser.add_argument("--no-readme", action="store_true", help="leave examples/README.md and results.png alone")
     parser.add_argument("--reuse", action="store_true", help="keep the results of runs an earlier invocation finished")
+    parser.add_argument(
+        "--no-new-runs",
+        action="store_true",
+        help="start nothing: tabulate only the runs an earlier invocation finished",
+    )
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / ("results-quick" if args.quick else "results")
     chosen = [recipe for recipe in RECIPES if not args.recipes or recipe.key in args.recipes]
@@ -484,8 +498,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[Run]]:
     every_run = [run for group in runs.values() for run in group]
     mode = "quick mode, " if args.quick else ""
     print(f"{len(every_run)} runs ({mode}{args.jobs} at a time, one torch thread each), outputs in {out}", flush=True)
-    run_all(every_run, max(1, args.jobs), reuse=args.reuse)
-    command = "python -m examples.results" + (" --quick" if args.quick else "")
+    run_all(every_run, max(1, args.jobs), reuse=args.reuse or args.no_new_runs, new_runs=not args.no_new_runs)
+    command = " ".join(["python -m examples.results", *(argv if argv is not None else sys.argv[1:])])
     table = render(runs, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table)
@@ -496,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Run]]:
         PICTURE.write_bytes(picture.read_bytes())
         update_readme(README, table, PICTURE)
         print(f"updated {README} and {PICTURE}")
-    failed = [run.name for run in every_run if run.returncode != 0]
+    failed = [run.name for run in every_run if run.returncode not in (0, None)]
     if failed:
         print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
         raise SystemExit(1)

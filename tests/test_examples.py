@@ -55,3 +55,7 @@ def test_results_quick_mode(tmp_path: Path, capsys: Any) -> None:
     summary = json.loads(next((tmp_path / "ring_gaussians" / "seed_0").glob("version_*/summary.json")).read_text())
     assert summary["global_step"] == 20
     assert all(run.cpu_seconds > 0 for group in runs.values() for run in group)
+
+    again = results.main(["--quick", "--recipes", "ring_gaussians", "--out", str(tmp_path), "--no-new-runs"])
+    assert "reused" in capsys.readouterr().out  # tabulated from the finished run, nothing started
+    assert again["ring_gaussians"][0].cpu_seconds == runs["ring_gaussians"][0].cpu_seconds
