@@ -121,7 +121,7 @@ RECIPES: tuple[Recipe, ...] = (
         "mixture_gan",
         "grid_gaussians.yaml",
         "Grid of 25 Gaussians (spacing 2, std 0.05)",
-        "as the ring, on more steps",
+        "as the ring; 512 points per step, drawn from 256,000",
         tuple(range(10)),
         _COVERAGE,
         goals={"high_quality": (">=", 95.0)},
@@ -426,6 +426,7 @@ def plot(groups: dict[Recipe, list[Run]], path: Path) -> Path:
             x, y = _number(row.values["high_quality"]), _number(row.values["modes_covered"])
             axis.scatter([x], [y], color="tab:grey", marker="s")
             axis.annotate(row.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axis.margins(0.1)
         axis.set_xlabel("% high-quality samples")
         axis.set_ylabel("modes covered")
         axis.set_title(recipe.title, fontsize=10)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
@@ -34,4 +36,5 @@ def fit(recipe: str, root: Path, *options: str) -> Any:
     args = ["fit", "--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *options]
     if recipe in DIGITS_GANS:
         args.append("--data.samples_per_validation=100")  # the smallest batch that still draws a 10x10 grid
-    return module.main(args)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the command line is ``args``, not pytest's
+        return module.main(args)
