@@ -1,7 +1,10 @@
 """Sharpness-aware minimization (SAM) of a digits classifier: two forward/backward passes, one training step.
 
-Run: ``python examples/sam_digits.py fit --config examples/configs/sam_digits.yaml``; resume with
-``--ckpt_path last``. SAM (Foret et al., 2021) takes the gradient at the current weights, climbs to the worst point
+Run from the repository root::
+
+    python -m examples.sam_digits fit --config examples/configs/sam_digits.yaml [--ckpt_path last]
+
+SAM (Foret et al., 2021) takes the gradient at the current weights, climbs to the worst point
 within a radius ``rho``, takes the gradient there, and updates the original weights with it. In stock Lightning such a
 step is not counted at all when it goes through the optimizer's own methods; here it is one ``manual_step`` with a
 closure, so ``global_step`` counts exactly one training step per batch. Validation logs the held-out accuracy.
@@ -9,22 +12,15 @@ closure, so ``global_step`` counts exactly one training step per batch. Validati
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from digits import DigitsClassifier, RecipeArtifacts, digits
-
+from examples.classifier import DigitsClassifier
+from examples.cli import RecipeCLI, run
+from examples.digits_data import DigitsClassification
 from manualopt import ManualOptimizationModule
 
 
@@ -56,19 +52,18 @@ class SAM(torch.optim.Optimizer):
         return loss
 
 
-class DigitsClassification(pl.LightningDataModule):
-    def __init__(self, batch_size: int = 64) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(TensorDataset(*digits("train")), batch_size=self.batch_size, shuffle=True, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(TensorDataset(*digits("held_out")), batch_size=512)
-
-
 class SAMClassifier(ManualOptimizationModule):
+    """The digits classifier of :mod:`examples.classifier`, trained with SAM around SGD with momentum.
+
+    Args:
+        lr: SGD's learning rate.
+        momentum: SGD's momentum.
+        rho: SAM's radius.
+    """
+
+    loss_names = ("train_loss", "val_loss")
+    quality_metric = "val_accuracy"
+
     def __init__(self, lr: float = 0.05, momentum: float = 0.9, rho: float = 0.05) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,13 +90,10 @@ class SAMClassifier(ManualOptimizationModule):
         hparams = self.hparams
         return {"sam": SAM(self.parameters(), lr=hparams["lr"], momentum=hparams["momentum"], rho=hparams["rho"])}
 
-    def configure_callbacks(self) -> list[Callback]:
-        return [RecipeArtifacts(losses=("train_loss", "val_loss"), metric=None)]
 
-
-def main(args: list[str] | None = None) -> LightningCLI:
-    """The recipe's command line (LightningCLI); ``args`` replaces ``sys.argv`` (tests)."""
-    return LightningCLI(SAMClassifier, DigitsClassification, args=args, save_config_kwargs={"overwrite": True})
+def main(args: list[str] | None = None) -> RecipeCLI:
+    """The recipe's command line; ``args`` replaces ``sys.argv[1:]``."""
+    return run(SAMClassifier, DigitsClassification, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each row trains a tiny model for 20 batches (2 epochs of 10) twice: as a stock ``LightningModule`` with
 ``automatic_optimization = False``, and as a ``ManualOptimizationModule`` running the same code. Run it with
-``python examples/stock_problems.py``; it prints a Markdown table.
+``python -m examples.stock_problems``; it prints a Markdown table.
 """
 
 from __future__ import annotations

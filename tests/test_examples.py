@@ -1,41 +1,61 @@
-"""The demo program runs as `make demo` runs it, on a shrunk schedule."""
+"""The example programs run as the README shows them, on a shrunk schedule; the results runner in quick mode."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import json
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from examples import quickstart_gan, results, stock_problems
 
 
-def test_quickstart_gan(tmp_path: Path, capsys: object) -> None:
-    demo = _load("quickstart_gan")
-    result = demo.main(["--epochs", "7", "--out", str(tmp_path), "--no-progress"])
+def test_quickstart_gan(tmp_path: Path, capsys: Any) -> None:
+    result = quickstart_gan.main(["--epochs", "7", "--out", str(tmp_path), "--no-progress"])
     assert result["global_step"] == 7 * 32  # one training step per batch
     assert result["stock_global_step"] == 7 * 32 + 7 * 16  # stock Lightning adds the generator's steps
     assert result["updates"] == {"generator": 7 * 16, "discriminator": 7 * 32}
     assert result["checkpoints"] == ["epoch=3-step=100.ckpt", "epoch=6-step=200.ckpt"]
-    assert "per-optimizer updates" in capsys.readouterr().out  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "per-optimizer updates" in out
+    assert "of CPU" in out  # it says how long it takes
 
 
-def test_stock_problems_table(capsys: object) -> None:
-    _load("stock_problems").main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]  # type: ignore[attr-defined]
+def test_quickstart_gan_removes_its_temporary_folder(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    quickstart_gan.main(["--epochs", "4", "--no-progress"])
+    assert list(tmp_path.iterdir()) == []
+    assert "now removed" in capsys.readouterr().out
+
+
+def test_stock_problems_table(capsys: Any) -> None:
+    stock_problems.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     manualopt = {row.split(" | ")[0]: row.split(" | ")[2] for row in rows[1:]}
     assert len(manualopt) == 5
     assert "global_step 20 after 20 batches; checkpoints at steps [4, 8, 12, 16, 20]" in rows[1]
     assert "global_step 10 after 10 batches" in rows[2]
     assert "refused" in rows[3]
     assert "global_step 20 after 20 batches; checkpoints at steps [10, 20]" in rows[5]
+
+
+def test_results_quick_mode(tmp_path: Path, capsys: Any) -> None:
+    """`python -m examples.results --quick` runs each recipe in its own process and writes the table and the plot."""
+    runs = results.main(["--quick", "--recipes", "ring_gaussians", "dcgan_digits", "--out", str(tmp_path)])
+    assert set(runs) == {"ring_gaussians", "dcgan_digits"}
+    out = capsys.readouterr().out
+    assert "[1/2]" in out
+    assert "[2/2]" in out  # a progress line per run
+    table = (tmp_path / "results.md").read_text()
+    assert "| Ring of 8 Gaussians" in table
+    assert "PacGAN (Lin et al., 2018), Table 1" in table  # the published rows beside ours
+    assert (tmp_path / "results.png").stat().st_size > 0
+    summary = json.loads(next((tmp_path / "ring_gaussians" / "seed_0").glob("version_*/summary.json")).read_text())
+    assert summary["global_step"] == 20
+    assert all(run.cpu_seconds > 0 for group in runs.values() for run in group)
+
+    again = results.main(["--quick", "--recipes", "ring_gaussians", "--out", str(tmp_path), "--no-new-runs"])
+    assert "reused" in capsys.readouterr().out  # tabulated from the finished run, nothing started
+    assert again["ring_gaussians"][0].cpu_seconds == runs["ring_gaussians"][0].cpu_seconds

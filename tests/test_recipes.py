@@ -1,116 +1,109 @@
-"""The recipes of examples/: each fits a few steps from its own YAML config, checkpoints, and resumes with `last`."""
+"""The recipes of examples/: each fits a few steps from its own config, checkpoints, resumes, and (slow) learns."""
 
 from __future__ import annotations
 
-import importlib
-import sys
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from recipe_helpers import CONFIGS, DIGITS_GANS, RECIPES, SMALL, fit
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
+from examples.artifacts import read_history
 
-
-def _config(recipe: str, folder: Path, **trainer: Any) -> Path:
-    """The recipe's own config, with every output under ``folder`` and the trainer options overridden."""
-    config = yaml.safe_load((EXAMPLES / "configs" / f"{recipe}.yaml").read_text())
-    config["trainer"]["default_root_dir"] = str(folder)
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(folder)
-    config["trainer"]["enable_progress_bar"] = False
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("ModelCheckpoint"):
-            callback["init_args"]["dirpath"] = str(folder / "checkpoints")
-            callback["init_args"]["every_n_train_steps"] = 2
-    config["trainer"].update(trainer)
-    path = folder / "config.yaml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
-    return path
+PICTURES = {"dcgan_digits", "wgan_gp_digits", "cgan_digits", "ring_gaussians", "grid_gaussians"}
 
 
-def _fit(recipe: str, config: Path, *extra: str) -> Any:
-    module = importlib.import_module(recipe)
-    return module.main(["fit", "--config", str(config), *extra])
-
-
-RECIPES = ["dcgan_digits", "wgan_gp_digits", "cgan_digits", "ring_gaussians", "sam_digits"]
-PICTURES = {"dcgan_digits", "wgan_gp_digits", "cgan_digits", "ring_gaussians"}
-
-
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_fits_checkpoints_and_resumes(tmp_path: Path, recipe: str) -> None:
-    small = {"limit_train_batches": 3, "limit_val_batches": 1, "check_val_every_n_epoch": 1, "log_every_n_steps": 1}
-    first = _fit(recipe, _config(recipe, tmp_path, max_epochs=1, **small))
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_fits_checkpoints_and_resumes(tmp_path: Path, recipe: str, capsys: Any) -> None:
+    first = fit(recipe, tmp_path, "--trainer.max_epochs=1", *SMALL)
     assert first.trainer.global_step == 3  # one training step per batch, whatever the number of optimizers
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3  # the final state, not an earlier one
     assert bool(list((tmp_path / "version_0" / "samples").glob("*.png"))) == (recipe in PICTURES)
-    resumed = _fit(recipe, _config(recipe, tmp_path, max_epochs=2, **small), "--ckpt_path", "last")
+    summary = json.loads((tmp_path / "version_0" / "summary.json").read_text())
+    assert summary["global_step"] == 3
+    assert "epoch 1/1  step 3" in capsys.readouterr().out  # one readable line per validation, not a redrawn bar
+
+    resumed = fit(recipe, tmp_path, "--trainer.max_epochs=2", *SMALL, "--ckpt_path=last")
     assert resumed.trainer.global_step == 6
     updates = dict(resumed.model.optimizer_updates)
     assert max(updates.values()) == 6  # every recipe has an optimizer that updates on every batch
-    # each run logs into a new version folder (runs/<recipe>/version_N), pictures and curves included
-    assert (tmp_path / "version_1" / "loss_curves.png").exists()
+    assert json.loads((tmp_path / "version_1" / "run.json").read_text())["start_step"] == 3
+    assert (tmp_path / "version_1" / "curves.png").exists()
+    history = read_history(tmp_path / "version_1")  # the resumed run's curves start with the first run's steps
+    loss = resumed.model.loss_names[0]
+    assert [step for step, _ in history[loss]] == [0, 1, 2, 3, 4, 5]
 
 
-def _untrained_fid(model: Any, *labels: Any) -> float:
-    from digits import digits, frechet_distance
+def test_complete_run_resumes_without_replay(tmp_path: Path) -> None:
+    """After a complete run, `--ckpt_path last` continues from the final state: no step is trained again."""
+    fit("ring_gaussians", tmp_path, "--trainer.max_epochs=2", *SMALL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = fit("ring_gaussians", tmp_path, "--trainer.max_epochs=2", *SMALL, "--ckpt_path=last")
+    assert again.trainer.global_step == 6
+    assert dict(again.model.optimizer_updates) == {"generator": 6, "discriminator": 6}
+    assert not [w for w in caught if "mid-epoch" in str(w.message)]
 
-    return frechet_distance(digits("held_out")[0], model.sample(model.fixed_noise, *labels))
+
+def test_artifacts_switch_off(tmp_path: Path) -> None:
+    """The artifacts callback is configured in YAML, where its switches turn the pictures and the curves off."""
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    for callback in base["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("RecipeArtifacts"):
+            callback["init_args"].update(samples=False, curves=False)
+    override = tmp_path / "quiet.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {"callbacks": base["trainer"]["callbacks"]}}))
+    fit("ring_gaussians", tmp_path, f"--config={override}", "--trainer.max_epochs=1", *SMALL)
+    assert not (tmp_path / "version_0" / "samples").exists()
+    assert not (tmp_path / "version_0" / "curves.png").exists()
+    assert (tmp_path / "version_0" / "summary.json").exists()
 
 
-# One slow test per recipe that trains it as its config says (20-45 s each on 2 CPU cores) and checks that it learned.
-# The margins are wide on purpose: measured values (examples/README.md) sit far inside them, and an untrained
-# generator sits far outside, so the tests fail only if the recipe stops learning, not from seed-to-seed noise.
+# One slow test per recipe: it trains the recipe as its config says, seed 0 (1.5 to 3.5 CPU minutes each), and asserts
+# a limit that a recipe meeting its goal clears. The goals are means over seeds; seed 0 measured ring 98.2%, grid 25
+# modes and 96.6%, DCGAN 18.2, conditional GAN 14.2 and 99.9%, WGAN-GP about 29, SAM 97.8% (examples/README.md has
+# the table over seeds, where not every goal is met).
+
+
+def _metric(cli: Any, name: str) -> float:
+    return float(cli.trainer.callback_metrics[name])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["dcgan_digits", "wgan_gp_digits", "cgan_digits"])
-def test_digit_gans_learn(tmp_path: Path, recipe: str) -> None:
-    """The Fréchet distance to held-out digits falls more than 10x below the untrained generator's (about 5,000).
+def test_ring_covers_every_mode(tmp_path: Path) -> None:
+    cli = fit("ring_gaussians", tmp_path)
+    assert _metric(cli, "modes_covered") == 8
+    assert _metric(cli, "high_quality") >= 0.97  # goal: 98% on average over 10 seeds
 
-    Measured after training: DCGAN 38.5, WGAN-GP 75.6, conditional GAN 28.0; the floor (held-out vs training digits)
-    is 13.6.
-    """
-    import torch
 
-    module = importlib.import_module(recipe)
-    model_class = {"dcgan_digits": "DCGAN", "wgan_gp_digits": "WGANGP", "cgan_digits": "ConditionalGAN"}[recipe]
-    untrained = getattr(module, model_class)()
-    labels = (torch.arange(len(untrained.fixed_noise)) % 10,) if recipe == "cgan_digits" else ()
-    before = _untrained_fid(untrained, *labels)
-    cli = _fit(recipe, _config(recipe, tmp_path))
-    metrics = cli.trainer.callback_metrics
-    assert cli.trainer.global_step == 60 * 22  # one training step per batch (22 batches of 64 per epoch)
-    assert float(metrics["fid"]) < before / 10
+@pytest.mark.slow
+def test_grid_covers_every_mode(tmp_path: Path) -> None:
+    cli = fit("grid_gaussians", tmp_path)
+    assert _metric(cli, "modes_covered") == 25
+    assert _metric(cli, "high_quality") >= 0.93  # goal: 95% on average over 10 seeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "limit"), [("dcgan_digits", 23.0), ("cgan_digits", 21.0), ("wgan_gp_digits", 32.0)])
+def test_digit_gans_approach_the_floor(tmp_path: Path, recipe: str, limit: float) -> None:
+    """Fréchet distance below the limit (goals 20, 18, 25; floor 13.6; an untrained generator: thousands)."""
+    cli = fit(recipe, tmp_path)
+    assert _metric(cli, "fid") <= limit
     if recipe == "cgan_digits":
-        assert float(metrics["class_accuracy"]) > 0.9  # chance is 0.1; measured 0.997
-
-
-@pytest.mark.slow
-def test_ring_covers_the_modes(tmp_path: Path) -> None:
-    """All 8 modes covered and at least 20% high-quality samples; untrained: measured 0 modes and under 1%."""
-    import ring_gaussians
-    import torch
-
-    untrained = ring_gaussians.RingGAN()
-    with torch.no_grad():
-        before = ring_gaussians.ring_quality(untrained.generator(torch.randn(2500, ring_gaussians.NOISE)))
-    cli = _fit("ring_gaussians", _config("ring_gaussians", tmp_path))
-    metrics = cli.trainer.callback_metrics
-    assert before[0] <= 2
-    assert before[1] < 0.05
-    assert float(metrics["modes_covered"]) == 8
-    assert float(metrics["high_quality"]) >= 0.2  # measured 0.40
-    assert cli.trainer.global_step == 60 * 32  # the discriminator steps every batch
-    assert dict(cli.model.optimizer_updates) == {"generator": 30 * 32, "discriminator": 60 * 32}
+        assert _metric(cli, "class_accuracy") >= 0.99  # goal 99.5%; chance 10%
 
 
 @pytest.mark.slow
 def test_sam_classifier_learns(tmp_path: Path) -> None:
-    """Held-out accuracy above 90% (chance 10%; measured 97.8%), with one training step per batch."""
-    cli = _fit("sam_digits", _config("sam_digits", tmp_path))
-    assert float(cli.trainer.callback_metrics["val_accuracy"]) > 0.9
-    assert cli.trainer.global_step == 20 * 22
+    cli = fit("sam_digits", tmp_path)
+    assert _metric(cli, "val_accuracy") > 0.95  # chance 10%
+    assert cli.trainer.global_step == 20 * 22  # one training step per batch, two passes each
+
+
+def test_digit_gans_are_listed() -> None:
+    assert set(DIGITS_GANS) <= set(RECIPES)
