@@ -7,7 +7,8 @@ target first, and a killed write leaves the temporary file behind. Neither relea
 :class:`AtomicCheckpointIO` writes beside the target and renames, so the target is replaced in one step.
 
 For the fit of a :class:`~manualopt.ManualOptimizationModule`, manualopt puts an :class:`AtomicCheckpointIO` in the
-place of Lightning's default ``CheckpointIO`` (see :func:`install`) and puts the default back when the fit ends.
+place of Lightning's default ``CheckpointIO`` (see :func:`install`) and puts the default back when the fit ends or
+fails.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from fsspec.core import url_to_fs  # type: ignore[import-untyped]
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
-from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from manualopt import _lightning
@@ -35,7 +36,7 @@ from manualopt.errors import CheckpointLoadError
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-__all__ = ["AtomicCheckpointIO", "install", "uninstall"]
+__all__ = ["AtomicCheckpointIO", "install"]
 
 #: How many loadable checkpoints a :class:`~manualopt.CheckpointLoadError` lists.
 NEIGHBOURS_LISTED = 3
@@ -198,38 +199,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return loadable
 
 
-class _InstalledCheckpointIO(AtomicCheckpointIO):
-    """The ``AtomicCheckpointIO`` manualopt put in place for one fit; it keeps the one it stands in for."""
-
-    def __init__(self, replaced: CheckpointIO) -> None:
-        super().__init__()
-        self.replaced = replaced
-
-
-def install(trainer: pl.Trainer) -> None:
+def install(trainer: pl.Trainer) -> Callable[[], None] | None:
     """Put an :class:`AtomicCheckpointIO` in the place of Lightning's default ``CheckpointIO`` for this fit.
 
     Lightning's default is a plain ``TorchCheckpointIO`` that the Trainer was not given. Anything else is left alone:
     a ``CheckpointIO`` given to the Trainer (in ``plugins`` or to the strategy), a wrapper such as
     ``AsyncCheckpointIO``, and the ``CheckpointIO`` of a strategy that brings its own (XLA's). Runs in the ``setup``
-    hook, before Lightning loads a ``ckpt_path``; :func:`uninstall` undoes it.
+    hook, before Lightning loads a ``ckpt_path``.
+
+    Returns:
+        The function that gives the strategy its ``CheckpointIO`` back (unless someone replaced manualopt's meanwhile),
+        or None when nothing was replaced.
     """
     if _lightning.configured_checkpoint_io(trainer) is not None:
-        return
+        return None
     strategy = trainer.strategy
     # Read through the public property: where none was set, it creates Lightning's default, as Lightning itself does
-    # at the first checkpoint and when the fit ends; :func:`uninstall` puts back that very object.
-    current = strategy.checkpoint_io
-    if type(current) is TorchCheckpointIO:
-        strategy.checkpoint_io = _InstalledCheckpointIO(current)
+    # at the first checkpoint and when the fit ends; the undo puts back that very object.
+    replaced = strategy.checkpoint_io
+    if type(replaced) is not TorchCheckpointIO:
+        return None
+    installed = strategy.checkpoint_io = AtomicCheckpointIO()
 
+    def undo() -> None:
+        if strategy.checkpoint_io is installed:
+            strategy.checkpoint_io = replaced
 
-def uninstall(trainer: pl.Trainer) -> None:
-    """Give the strategy back the ``CheckpointIO`` that :func:`install` replaced (nothing if it replaced none)."""
-    strategy = trainer.strategy
-    current = strategy.checkpoint_io
-    if isinstance(current, _InstalledCheckpointIO):
-        strategy.checkpoint_io = current.replaced
+    return undo
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
