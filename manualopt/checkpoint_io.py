@@ -165,7 +165,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         loadable = self._loadable_neighbours(path, options)
         message = (
             f"Cannot load the checkpoint {path!r}: {reason}. Loading it failed with {type(error).__name__}:"
-            f" {_first_line(error)}. The file is left as it is."
+            f" {_first_sentence(error)}. The file is left as it is."
         )
         if not loadable:
             return (
@@ -353,9 +353,9 @@ def _damage(path: str) -> str | None:
     return None
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
+def _first_sentence(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else "no message"
 
 
 def _when(path: str) -> str:
