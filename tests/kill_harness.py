@@ -59,16 +59,18 @@ class Outcome:
     wrong_version: int = 0  # it loads but holds neither the last complete version nor the one being written
     with_leftovers: int = 0  # kills after which some file other than the target remained
     leftover_bytes: int = 0
-    save_seconds: float = 0.0  # one complete save, median of three
-    load_seconds: float = 0.0  # one load of a complete checkpoint through the same IO, median of three
+    save_seconds: float = 0.0  # one complete save (a median)
+    load_seconds: float = 0.0  # one load of a complete checkpoint through the same IO (a median)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: the figures."""
+        timing = f"one save takes {self.save_seconds * 1000:.1f} ms, one load {self.load_seconds * 1000:.1f} ms"
+        if not self.kills:
+            return f"{self.io}: {timing}"
         return (
             f"{self.io}: {self.unloadable}/{self.kills} unloadable, {self.wrong_version}/{self.kills} wrong version,"
-            f" {self.with_leftovers}/{self.kills} with leftovers ({self.leftover_bytes / 1e6:.1f} MB);"
-            f" one save takes {self.save_seconds * 1000:.0f} ms, one load {self.load_seconds * 1000:.0f} ms"
+            f" {self.with_leftovers}/{self.kills} with leftovers ({self.leftover_bytes / 1e6:.1f} MB); {timing}"
         )
 
 
@@ -91,6 +93,7 @@ def run(
     kills: int = 20,
     size_mb: float = 50.0,
     seed: int = 0,
+    repeats: int = 3,
 ) -> Outcome:
     """Kill ``kills`` writers of ``io`` (a key of :data:`IOS`) and count what they left.
 
@@ -102,10 +105,13 @@ def run(
         kills: How many writers to kill.
         size_mb: Size of the checkpoint.
         seed: Seeds the kill moments.
+        repeats: How many saves and loads the timing takes the median of.
     """
     tensors = payloads(size_mb)
     outcome = Outcome(io)
-    outcome.save_seconds, outcome.load_seconds = _time(IOS[io](), tensors, workdir / "timing", temp_dir or workdir)
+    outcome.save_seconds, outcome.load_seconds = _time(
+        IOS[io](), tensors, workdir / "timing", temp_dir or workdir, repeats
+    )
     chance = random.Random(seed)
     for kill in range(kills):
         directory = workdir / f"kill-{kill:02d}"
@@ -119,19 +125,19 @@ def run(
 
 
 def _time(
-    io: CheckpointIO, tensors: tuple[torch.Tensor, torch.Tensor], directory: Path, temp: Path
+    io: CheckpointIO, tensors: tuple[torch.Tensor, torch.Tensor], directory: Path, temp: Path, repeats: int
 ) -> tuple[float, float]:
-    """Seconds for one save and for one load through ``io`` (medians of three)."""
+    """Seconds for one save and for one load through ``io`` (medians of ``repeats``)."""
     directory.mkdir(parents=True)
     scratch, previous = tempfile.mkdtemp(prefix="timing-", dir=temp), tempfile.tempdir
     tempfile.tempdir = scratch
     saves, loads = [], []
     try:
-        for version in range(3):
+        for version in range(repeats):
             start = time.perf_counter()
             io.save_checkpoint(checkpoint(version, tensors), directory / TARGET)
             saves.append(time.perf_counter() - start)
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             io.load_checkpoint(directory / TARGET)
             loads.append(time.perf_counter() - start)
@@ -243,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--io", nargs="+", choices=sorted(IOS), default=["atomic", "stock"])
     parser.add_argument("--tmpdir", nargs="+", default=["same", "/dev/shm"], help="'same' or a directory")
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=20, help="0: only time saves and loads")
     parser.add_argument("--size-mb", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="saves and loads timed (medians)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new folder in the current one")
     arguments = parser.parse_args(argv)
     import lightning
@@ -260,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for io in arguments.io:
                 workdir = base / f"{io}-{placement.strip('/').replace('/', '-')}"
-                outcome = run(io, workdir, temp_dir, arguments.kills, arguments.size_mb, arguments.seed)
+                outcome = run(
+                    io, workdir, temp_dir, arguments.kills, arguments.size_mb, arguments.seed, arguments.repeats
+                )
                 where = "beside the checkpoints" if temp_dir is None else placement
                 print(f"TMPDIR {where}: {outcome.summary()}")
     finally:
