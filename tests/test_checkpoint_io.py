@@ -26,6 +26,7 @@ from manualopt import checkpoint_io as module
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty"),
     pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    pytest.mark.filterwarnings("ignore:This run resumes, but not exactly"),  # Lightning 2.1's resume
 ]
 
 CHECKPOINT = {"state_dict": {"weight": torch.arange(1000.0)}, "epoch": 3, "name": "run"}
