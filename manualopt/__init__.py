@@ -4,8 +4,10 @@ Inherit :class:`ManualOptimizationModule` instead of ``LightningModule`` and ste
 with :meth:`ManualOptimizationModule.manual_step`.
 """
 
+from manualopt.checkpoint_io import AtomicCheckpointIO
 from manualopt.ema import EMA
 from manualopt.errors import (
+    CheckpointLoadError,
     InvalidArgumentError,
     InvalidStepArgumentError,
     ManualOptimizationDeprecationWarning,
@@ -24,6 +26,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "EMA",
+    "AtomicCheckpointIO",
+    "CheckpointLoadError",
     "InvalidArgumentError",
     "InvalidStepArgumentError",
     "ManualOptimizationDeprecationWarning",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from manualopt import _lightning
+from manualopt import _lightning, checkpoint_io
 from manualopt._session import CHECKPOINT_KEY, FitSession, ModuleLink, link_of, session_of
 from manualopt._stepping import check_deferred_non_finite
 
@@ -42,7 +42,12 @@ class ManualOptimizationCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Before a fit restores a checkpoint: hold its weights until it is checked against the fit's optimizers."""
+        """Before a fit restores a checkpoint: hold its weights until it is checked against the fit's optimizers.
+
+        Also write the fit's checkpoints with an :class:`~manualopt.AtomicCheckpointIO` (unless the Trainer was given a
+        ``CheckpointIO``), from here on, so that a damaged ``ckpt_path`` raises :class:`~manualopt.CheckpointLoadError`.
+        Both are undone when the fit ends or fails.
+        """
         if stage != "fit" or not self._owns(pl_module):
             return
         link = link_of(pl_module)
@@ -50,6 +55,9 @@ class ManualOptimizationCallback(Callback):
         link.undo_before_fit.append(
             _lightning.intercept_model_loading(trainer, lambda checkpoint, load: _receive(link, checkpoint, load), link)
         )
+        undo_checkpoint_io = checkpoint_io.install(trainer)
+        if undo_checkpoint_io is not None:
+            link.undo_before_fit.append(undo_checkpoint_io)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

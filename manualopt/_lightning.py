@@ -28,6 +28,7 @@ from lightning.pytorch.core.optimizer import (
     _configure_optimizers,
     _configure_schedulers_automatic_opt,
 )
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.trainer.call import _call_lightning_module_hook
 
 from manualopt._patching import Undo, patch_attribute
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Undo",
     "automatic_view",
+    "configured_checkpoint_io",
     "current_hook_name",
     "global_step",
     "global_step_snapshot",
@@ -269,6 +271,20 @@ def route_checkpoint_through_automatic_path(
             function()
 
     return undo
+
+
+def configured_checkpoint_io(trainer: pl.Trainer) -> CheckpointIO | None:
+    """The ``CheckpointIO`` the Trainer was given (in ``plugins`` or to its strategy), or None.
+
+    Why: ``Strategy.checkpoint_io`` creates a plain ``TorchCheckpointIO`` on first read when none was given, and
+    Lightning reads it at every checkpoint and when a fit ends, so a plain one found there may be Lightning's default or
+    one the user passed on purpose. manualopt replaces only the default with its ``AtomicCheckpointIO``; what the user
+    passed is kept, in ``_AcceleratorConnector.checkpoint_io`` (2.1.0 to 2.6.6), whose value it hands to the strategy.
+    This can go when Lightning's default ``CheckpointIO`` writes into the target's directory, renames and ``fsync``s
+    (2.4 to 2.6 stage the file in the system temp directory and move it, 2.1 to 2.3 write in place).
+    """
+    configured = getattr(getattr(trainer, "_accelerator_connector", None), "checkpoint_io", None)
+    return configured if isinstance(configured, CheckpointIO) else None
 
 
 def move_callback_first(trainer: pl.Trainer, callback: Callback) -> None:

@@ -7,6 +7,7 @@ clause catches all of them. Every warning is a :class:`ManualOptimizationWarning
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointLoadError",
     "InvalidArgumentError",
     "InvalidStepArgumentError",
     "ManualOptimizationDeprecationWarning",
@@ -56,6 +57,15 @@ class InvalidArgumentError(ManualOptimizationError, ValueError):
 
 class InvalidStepArgumentError(InvalidArgumentError):
     """``manual_step`` (or a per-optimizer default in ``configure_optimizers``) got an argument it cannot use."""
+
+
+class CheckpointLoadError(ManualOptimizationError):
+    """A checkpoint file to resume from is damaged: empty, truncated, or not a checkpoint archive.
+
+    Raised by :class:`~manualopt.AtomicCheckpointIO` when ``Trainer.fit(ckpt_path=...)`` loads the file, before
+    anything of it reaches the module. The message names the file, says what is wrong with it, and lists the newest
+    checkpoints beside it that load, with the ``ckpt_path`` to resume from instead. The file is left as it is.
+    """
 
 
 class ManualOptimizationWarning(UserWarning):
