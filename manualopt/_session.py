@@ -517,7 +517,8 @@ class FitSession:
             return
         state = states[rank]
         self.resume_rng = state["rng"]
-        self.order_plans = {i: plan for i, plan in enumerate(state.get("orders", [])) if plan is not None}
+        if _lightning.resumes_loops_exactly():  # older loops restart their epoch at another batch: no order to align
+            self.order_plans = {i: plan for i, plan in enumerate(state.get("orders", [])) if plan is not None}
         windows = state.get("windows", {})
         for record in self.records:
             gradients = windows.get(record.name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import re
 import secrets
 import socket
@@ -35,6 +36,14 @@ from manualopt.errors import CheckpointLoadError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+_PATH_CLASSES: list[Any] = [
+    pathlib.Path,
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    pathlib.PurePosixPath,
+    pathlib.PureWindowsPath,
+]
 
 __all__ = ["AtomicCheckpointIO", "install"]
 
@@ -151,7 +160,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is not None:  # Lightning 2.1 to 2.3 have no such argument
             options["weights_only"] = weights_only
         try:
-            return super().load_checkpoint(path, **options)
+            # Lightning 2.1 saves ModelCheckpoint's directory as a path object; torch >= 2.6 loads only allowed
+            # classes by default, so paths are allowed here (within this load only).
+            with torch.serialization.safe_globals(_PATH_CLASSES):
+                return super().load_checkpoint(path, **options)
         except FileNotFoundError:
             raise
         except Exception as error:

@@ -390,3 +390,15 @@ def test_an_automatic_checkpoint_resumes_with_its_global_step(tmp_path: Path) ->
         fit.fit(model, loader(), ckpt_path=str(tmp_path / "automatic.ckpt"))
     assert fit.global_step == 20
     assert dict(model.optimizer_updates) == {"optimizer_0": 20}
+
+
+def test_a_checkpoint_that_holds_a_path_resumes(tmp_path: Path) -> None:
+    # Lightning 2.1 keeps ModelCheckpoint's directory as given (a Path); torch >= 2.6 refuses unknown classes on load
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1)
+    _fit(tmp_path, TwoNets(), checkpoint, max_epochs=1)
+    resumed = TwoNets()
+    fit = trainer(
+        tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")], enable_checkpointing=True
+    )
+    fit.fit(resumed, loader(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
+    assert fit.global_step == 20
