@@ -26,8 +26,8 @@ from manualopt import EMA, ManualOptimizationModule, StepSchedule
 
 #: Where a run is killed: inside a training step (after a backward pass, or between two optimizers' updates), when a
 #: batch starts (after the previous batch's checkpoint), when a batch ends (before its checkpoint is written: Lightning
-#: runs checkpoint callbacks last), after a validation.
-PHASES = ("mid-step", "batch-start", "batch-end", "validation")
+#: runs checkpoint callbacks last), after a validation, inside a checkpoint write (the file written, not yet in place).
+PHASES = ("mid-step", "batch-start", "batch-end", "validation", "inside-save")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class Kill(pl.Callback):
 
     def __init__(self, step: int, phase: str) -> None:
         self.step, self.phase = step, phase
+        self.armed = False
 
     def _now(self, trainer: pl.Trainer, phase: str) -> None:
         if phase == self.phase and trainer.global_step >= self.step:
@@ -102,14 +103,23 @@ class Kill(pl.Callback):
                 os.killpg(os.getpgid(0), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._now(trainer, "batch-start")
-
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._now(trainer, "batch-end")
 
     def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._now(trainer, "validation")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._now(trainer, "batch-start")
+        if self.phase == "inside-save" and trainer.global_step >= self.step and not self.armed:
+            self.armed = True
+            fsync = os.fsync
+
+            def killing_fsync(descriptor: int) -> None:  # the next save's first fsync: its data is written
+                fsync(descriptor)
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+            os.fsync = killing_fsync  # this process dies with it: nothing to put back
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.phase == "mid-step":
