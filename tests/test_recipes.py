@@ -92,7 +92,7 @@ def test_grid_covers_every_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("recipe", "limit"), [("dcgan_digits", 23.0), ("cgan_digits", 21.0), ("wgan_gp_digits", 32.0)])
 def test_digit_gans_approach_the_floor(tmp_path: Path, recipe: str, limit: float) -> None:
     """Fréchet distance below the limit (goals 20, 18, 25; floor 13.6; an untrained generator: thousands)."""
-    cli = fit(recipe, tmp_path)
+    cli = fit(recipe, tmp_path, full_validation=True)
     assert _metric(cli, "fid") <= limit
     if recipe == "cgan_digits":
         assert _metric(cli, "class_accuracy") >= 0.99  # goal 99.5%; chance 10%
