@@ -4,8 +4,8 @@
 (``ModelParallelStrategy``, torch's ``fully_shard``). Both run on the CPU with gloo, one process per simulated node,
 and write what each rank saw to ``OUT/<run>-rank<r>.json``:
 
-* ``automatic`` and ``manual``: one optimizer, the same network and data, norm clipping at 0.5, under automatic
-  optimization and with ``manual_step``;
+* ``automatic`` and ``manual``: one optimizer, the same network and data, norm clipping at 0.5 (FSDP's
+  ``clip_grad_norm_``; Lightning's own clipping under FSDP2), under automatic optimization and with ``manual_step``;
 * ``gan``: a two-optimizer GAN (``StepSchedule``) with ``ModelCheckpoint(every_n_train_steps=6)``;
 * ``resumed``: the GAN resumed from its checkpoint at step 6, in the same processes;
 * ``fsdp`` only: the GAN under Lightning's default wrapping (one FSDP unit for the whole module), which fails.
@@ -73,16 +73,19 @@ def wrap(module: pl.LightningModule, kind: str, *names: str) -> None:
             fully_shard(network, mesh=module.device_mesh["data_parallel"])
 
 
-def clip_norm(module: pl.LightningModule, kind: str, network: nn.Module, clip: float | None) -> None:
-    """Norm clipping as each FSDP wants it: FSDP's own ``clip_grad_norm_``; Lightning's path for FSDP2 (DTensors)."""
+def clip_norm(module: pl.LightningModule, kind: str, network: nn.Module, optimizer: Any, clip: float | None) -> None:
+    """Norm clipping as each FSDP wants it: FSDP's own ``clip_grad_norm_``; Lightning's own clipping for FSDP2.
+
+    The norm before clipping is recorded, to compare the runs and to see that clipping changed the update.
+    """
     if not clip:
         return
     if kind == "fsdp":
         norm = network.clip_grad_norm_(clip)  # type: ignore[operator]
     else:
-        parameters = [p for p in network.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in network.parameters() if p.grad is not None])
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        pl.LightningModule.configure_gradient_clipping(module, optimizer, clip, "norm")  # the precision plugin's
     module.norms.append(float(norm))  # type: ignore[union-attr, operator]
 
 
@@ -106,7 +109,7 @@ class Twin:
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
     ) -> None:
-        clip_norm(self, self.kind, self.net, gradient_clip_val)  # type: ignore[arg-type]
+        clip_norm(self, self.kind, self.net, optimizer, gradient_clip_val)  # type: ignore[arg-type]
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.net.parameters(), lr=0.05)
@@ -153,7 +156,7 @@ class GAN(ManualOptimizationModule):
         self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
     ) -> None:
         network = self.generator if optimizer is self.optimizer("generator").optimizer else self.discriminator
-        clip_norm(self, self.kind, network, gradient_clip_val)
+        clip_norm(self, self.kind, network, optimizer, gradient_clip_val)
 
     def configure_optimizers(self) -> Any:
         return {

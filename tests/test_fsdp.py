@@ -6,8 +6,9 @@ Two strategies, one launch each (every run of a launch shares its processes):
   an FSDP module of its own in ``configure_model``; norm clipping through FSDP's own ``clip_grad_norm_``; sharded
   checkpoints. Lightning refuses ``FSDPStrategy`` without a GPU; a subclass passes the check of 2.6.6 (see
   ``fsdp_worker.CPUFSDPStrategy``), while 2.1.0 refuses the subclass too, so there these tests are skipped.
-* ``fsdp2``: ``ModelParallelStrategy`` (torch's ``fully_shard``, Lightning 2.4 and later), norm clipping with
-  ``torch.nn.utils.clip_grad_norm_`` over the sharded gradients; distributed checkpoints.
+* ``fsdp2``: ``ModelParallelStrategy`` (torch's ``fully_shard``, Lightning 2.4 and later), Lightning's own norm
+  clipping (it works on the sharded gradients); distributed checkpoints, and a discriminator with plain SGD, whose
+  empty state torch's checkpointing initializes with a ``step()`` at every save and load.
 
 Each checks parity with automatic optimization (the shards of every rank after 16 steps, bit for bit, and the norms
 clipped), the counters of a two-optimizer GAN, a resume from a checkpoint in the middle of the first epoch that ends
