@@ -77,7 +77,7 @@ def _explain_failures(strategy: Any, explain: Callable[[BaseException], str | No
     def training_step(*args: Any, **kwargs: Any) -> Any:
         try:
             return inner(*args, **kwargs)
-        except (RuntimeError, AssertionError) as error:
+        except RuntimeError as error:
             message = explain(error)
             if message is None:
                 raise

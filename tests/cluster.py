@@ -80,22 +80,25 @@ def launch(
     """
     port = free_port()
     base = {key: value for key, value in os.environ.items() if not _launch_variable(key)}
-    base.update({"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "PYTHONPATH": str(HERE)})
+    path = os.pathsep.join(filter(None, [str(HERE), base.get("PYTHONPATH")]))
+    base.update({"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "PYTHONPATH": path})
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(nodes)]  # noqa: SIM115 - closed below
     started = time.monotonic()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, *args],
-            env={**base, **environment(node, nodes, port, style)},
-            stdout=logs[node],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed with everything it started
-        )
-        for node in range(nodes)
-    ]
+    processes: list[subprocess.Popen[bytes]] = []
     ended: dict[int, float] = {}
     deadline = started + timeout
     try:
+        for node in range(nodes):
+            environment_of_node = {**base, **environment(node, nodes, port, style)}
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, *args],
+                    env=environment_of_node,
+                    stdout=logs[node],
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: killed with everything it started
+                )
+            )
         while len(ended) < nodes and time.monotonic() < deadline:
             for node, process in enumerate(processes):
                 if node not in ended and process.poll() is not None:
@@ -104,10 +107,12 @@ def launch(
                         deadline = min(deadline, time.monotonic() + grace)
             time.sleep(0.1)
     finally:
-        for process in processes:
+        for node, process in enumerate(processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            elif node not in ended:  # ended on its own between the last look and the limit
+                ended[node] = time.monotonic() - started
     ranks = []
     for node, (process, log) in enumerate(zip(processes, logs, strict=True)):
         log.seek(0)
