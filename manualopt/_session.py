@@ -21,7 +21,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 
-from manualopt import _lightning
+from manualopt import _lightning, _strategies
 from manualopt._guard import refuse
 from manualopt._optimizers import Configured, OptimizerRecord, Window, validated_policy
 from manualopt._resume import capture_rng, make_isolated, make_resumable, order_state, restore_rng, warn_inexact
@@ -253,6 +253,7 @@ class FitSession:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         self.active = True
+        _strategies.prepare(self)  # before the step hooks: what the fit's strategy needs (see _strategies)
         trainer, key = self.trainer, self
         # Under a GradScaler (16-bit AMP) non-finite gradients are the scaler's: it skips those steps itself.
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
