@@ -25,11 +25,14 @@ _OUTSIDE_FIT = "outside a running `Trainer.fit` (no Trainer is running this modu
 
 
 def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
-    """The trainer the module is attached to, or None."""
+    """The trainer the module is attached to, or None (also under Fabric, whose stand-in is not a ``Trainer``)."""
     try:
-        return module.trainer
+        trainer = module.trainer
     except RuntimeError:  # "not attached to a Trainer"
         return None
+    from lightning.pytorch import Trainer
+
+    return trainer if isinstance(trainer, Trainer) else None
 
 
 def where(module: pl.LightningModule) -> str:

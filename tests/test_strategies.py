@@ -82,12 +82,6 @@ def test_a_fabric_loop_trains_the_module_as_any_module() -> None:
     assert not torch.equal(before, module.layer.weight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="the refusal asks `module.trainer.state`, which Fabric's stand-in trainer refuses with an AttributeError"
-    " about 'your LightningModule code'; `_guard.attached_trainer` should return None under Fabric",
-)
 def test_manual_step_under_fabric_is_refused_with_the_fix() -> None:
     _, module, _, loss = _fabric_setup()
     with pytest.raises(StepOutsideTrainingStepError, match=r"outside a running `Trainer.fit`"):
