@@ -165,25 +165,26 @@ class RecipeArtifacts(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.process_time()
+        folder = self.folder(trainer)  # on every process: under DDP, trainer.log_dir is a broadcast from process 0
         if trainer.is_global_zero:
             record = {"start_step": trainer.global_step, "resumed_from": str(trainer.ckpt_path or "") or None}
-            folder = self.folder(trainer)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / RUN_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.samples or trainer.sanity_checking or not trainer.is_global_zero:
-            return
         draw = getattr(pl_module, "draw_samples", None)
-        if draw is not None:
+        if not self.samples or trainer.sanity_checking or draw is None:
+            return
+        folder = self.folder(trainer)  # on every process (a broadcast under DDP); process 0 draws
+        if trainer.is_global_zero:
             name = f"epoch={trainer.current_epoch:03d}-step={trainer.global_step}.png"
-            self.pictures.append(draw(self.folder(trainer) / "samples" / name))
+            self.pictures.append(draw(folder / "samples" / name))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after every callback's on_train_end, where Lightning 2.6's ModelCheckpoint may write last.ckpt
+        folder = self.folder(trainer)  # on every process (a broadcast under DDP); process 0 writes
         if not trainer.is_global_zero:
             return
-        folder = self.folder(trainer)
         for logger in trainer.loggers:
             logger.save()
         metric = getattr(pl_module, "quality_metric", None)

@@ -44,8 +44,10 @@ class DigitsFrechetDistance:
     """
 
     def __init__(self, real: Tensor | None = None) -> None:
+        # Each process measures the samples it drew: no gathering across processes (under DDP it would be a
+        # collective that only the processes measuring at that moment join).
         self.metric = FrechetInceptionDistance(
-            feature=_ClassifierFeatures(feature_classifier()), reset_real_features=False
+            feature=_ClassifierFeatures(feature_classifier()), reset_real_features=False, sync_on_compute=False
         )
         self.metric.update(digits("held_out")[0] if real is None else real.detach().cpu(), real=True)
 

@@ -37,11 +37,14 @@ def run(args: ArgsType = None) -> GANCLI:
     After ``fit`` it prints where the run's step count, checkpoints and sample grids are.
     """
     cli = GANCLI(GAN, {{ data_class }}, args=args, save_config_kwargs={"overwrite": True})
-    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
-        trainer = cli.trainer
+    if cli.subcommand != "fit":
+        return cli
+    trainer = cli.trainer
+    log_dir = trainer.log_dir  # asked on every process: under DDP it is a broadcast from process 0
+    if trainer.is_global_zero:
         print(f"\nglobal_step: {trainer.global_step} (training steps: one per batch)")
         print(f"updates per optimizer: {dict(cli.model.optimizer_updates)}")
-        print(f"logs: {trainer.log_dir}")
+        print(f"logs: {log_dir}")
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and getattr(checkpoint, "dirpath", None):
             print(f"checkpoints: {checkpoint.dirpath}")

@@ -31,13 +31,16 @@ def run(args: ArgsType = None) -> ModelCLI:
     After ``fit`` it prints the run's step count and where its checkpoints are.
     """
     cli = ModelCLI(Model, RegressionData, args=args, save_config_kwargs={"overwrite": True})
-    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
-        trainer = cli.trainer
+    if cli.subcommand != "fit":
+        return cli
+    trainer = cli.trainer
+    log_dir = trainer.log_dir  # asked on every process: under DDP it is a broadcast from process 0
+    if trainer.is_global_zero:
         print(f"\nglobal_step: {trainer.global_step} (training steps: batches in which an optimizer updated)")
         print(f"updates per optimizer: {dict(cli.model.optimizer_updates)}")
         if "val_loss" in trainer.callback_metrics:
             print(f"val_loss: {float(trainer.callback_metrics['val_loss']):.5f}")
-        print(f"logs: {trainer.log_dir}")
+        print(f"logs: {log_dir}")
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and getattr(checkpoint, "dirpath", None):
             print(f"checkpoints: {checkpoint.dirpath}")
