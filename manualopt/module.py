@@ -333,6 +333,30 @@ class ManualOptimizationModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Called before an optimizer steps, gradients unscaled. ``manual_step``'s clipping runs right after it."""
 
+    @override
+    def on_validation_model_zero_grad(self) -> None:
+        """Release the gradients before a validation inside an epoch, except those of an open accumulation window.
+
+        Lightning calls this before a validation that runs inside an epoch (``val_check_interval``), after a batch in
+        which an optimizer stepped. Gradients an optimizer is still accumulating (``manual_step``'s
+        ``accumulate_grad_batches``) belong to its next update and are kept; every other gradient is released, as
+        Lightning's default does.
+        """
+        session = session_of(self)
+        kept = {
+            id(parameter)
+            for record in (session.records if session is not None else ())
+            if record.window.count
+            for group in record.optimizer.param_groups
+            for parameter in group["params"]
+        }
+        if not kept:
+            super().on_validation_model_zero_grad()
+            return
+        for parameter in self.parameters():
+            if id(parameter) not in kept:
+                parameter.grad = None
+
 
 class _NamedOptimizers(Iterator[tuple[str, LightningOptimizer]]):
     """What :meth:`ManualOptimizationModule.named_optimizers` returns: an iterator of ``(name, optimizer)`` pairs.

@@ -483,3 +483,36 @@ def test_a_closure_that_returns_no_loss_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidStepArgumentError, match=r"manual_step\('generator'\): the closure returned a float"):
         trainer(tmp_path, max_epochs=1).fit(BadClosure(), loader())
+
+
+class _OneAccumulates(TwoNets):
+    """The discriminator updates on every batch; the generator gathers the gradients of 3 batches per update."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.manual_step("discriminator", (self.discriminator(x) - y).pow(2).mean())
+        self.manual_step("generator", (self.generator(x) - y).pow(2).mean(), accumulate_grad_batches=3)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+
+def test_a_validation_inside_an_open_accumulation_window_keeps_its_gradients(tmp_path: Path) -> None:
+    """Lightning zeroes the module's gradients before a mid-epoch validation; an open window's gradients survive it.
+
+    Regression: with validation every 2 batches, the generator's window (opened at batch 0) lost batch 0 and 1's
+    gradients at the first validation, and its weights ended 0.44 away from the run without validation.
+    """
+    weights = []
+    for validate in (False, True):
+        torch.manual_seed(0)
+        model = _OneAccumulates()
+        if validate:
+            run = trainer(tmp_path, max_epochs=1, val_check_interval=2, limit_val_batches=1)
+            run.fit(model, loader(), loader(2))
+        else:
+            trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(model, loader())
+        assert dict(model.optimizer_updates) == {"generator": 4, "discriminator": 10}
+        weights.append([parameter.detach().clone() for parameter in model.parameters()])
+        assert all(parameter.grad is None for parameter in model.discriminator.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
