@@ -62,10 +62,15 @@ def run(
     # Lightning's own deprecation notice about a PyTorch tree utility: nothing a recipe's user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
-    return RecipeCLI(
+    cli = RecipeCLI(
         model_class,
         datamodule_class,
         args=args,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={name: {"default_config_files": [str(BASE_CONFIG)]} for name in SUBCOMMANDS},
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Under DDP (configs/ddp.yaml): leave the process group before the interpreter exits, where torch may
+        # otherwise abort the process after a complete run.
+        torch.distributed.destroy_process_group()
+    return cli

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 {% endif -%}
+import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.package_name }}.data import {{ data_class }}{{ ', ImageFolderError' if cookiecutter.data != 'digits' else '' }}
@@ -64,3 +65,10 @@ def main() -> None:
 {%- else %}
     run()
 {%- endif %}
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under DDP, leave the process group before the interpreter exits (where torch may otherwise abort the process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -10,6 +10,7 @@ the command line (``--trainer.max_epochs 5``), and ``--print_config`` shows them
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.package_name }}.data import RegressionData
@@ -50,3 +51,10 @@ def run(args: ArgsType = None) -> ModelCLI:
 def main() -> None:
     """The console script."""
     run()
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under DDP, leave the process group before the interpreter exits (where torch may otherwise abort the process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
