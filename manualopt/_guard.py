@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -30,8 +31,6 @@ def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
         trainer = module.trainer
     except RuntimeError:  # "not attached to a Trainer"
         return None
-    from lightning.pytorch import Trainer
-
     return trainer if isinstance(trainer, Trainer) else None
 
 
