@@ -51,7 +51,7 @@ __all__ = ["AtomicCheckpointIO", "install"]
 NEIGHBOURS_LISTED = 3
 _SUFFIX = ".tmp"
 # O_TMPFILE (Linux 3.11+) opens a file without a name, which a killed write cannot leave behind; it gets a name
-# (through /proc/self/fd) just before the rename.
+# (through /proc/self/fd) right before the rename, the only moment a kill can leave that name behind.
 _UNNAMED = getattr(os, "O_TMPFILE", 0) != 0 and os.path.isdir("/proc/self/fd")
 
 
@@ -65,14 +65,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     It writes the same bytes as ``TorchCheckpointIO`` (``torch.save``), but never into the target itself:
 
     1. the checkpoint is written to a temporary file in the target's directory (never in the system temp directory):
-       on Linux an unnamed ``O_TMPFILE`` file, which a killed process cannot leave behind; elsewhere, or where the file
-       system does not support it, a hidden file named ``.<target>.<pid>.<random>.<host>.tmp``;
+       on Linux an unnamed ``O_TMPFILE`` file, which a killed process leaves behind only if killed in the microseconds
+       between naming it and renaming it; elsewhere, or where the file system does not support it, a hidden file
+       named ``.<target>.<pid>.<random>.<host>.tmp``;
     2. the file is flushed and ``fsync``-ed;
     3. it is renamed onto the target with ``os.replace`` (one step: the target is the old checkpoint or the new one);
     4. the directory is ``fsync``-ed, so the rename itself survives a power loss (not on Windows).
 
     A write that fails with an exception removes its temporary file. A hidden file left by a process that was killed
-    on this machine (only possible in the fallback) is removed by the next save into the same directory.
+    on this machine (in the fallback, or in those microseconds) is removed by the next save into the same directory.
 
     Paths that are not local (``s3://``, ``gs://`` and other fsspec URLs) are written by ``TorchCheckpointIO``
     unchanged: an object store replaces an object in one step on its own, and has no directory to ``fsync``.
@@ -260,15 +261,21 @@ def _write(checkpoint: dict[str, Any], target: str) -> None:
             descriptor = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
         else:
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        renamed = False
         try:
             with os.fdopen(descriptor, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
-                if temporary is None:  # name the unnamed file in the directory, to rename it onto the target
+                if temporary is None:
+                    # Name the unnamed file and rename it onto the target at once, before closing it: only a kill
+                    # between these two calls (microseconds) leaves the name behind, and the next save removes it.
                     temporary = _name_for(directory, name)
                     _link_unnamed(file.fileno(), temporary, directory_descriptor)
-            os.replace(temporary, target)
+                    os.replace(temporary, target)
+                    renamed = True
+            if not renamed:  # a named file is renamed once closed (Windows cannot rename an open file)
+                os.replace(temporary, target)
         except BaseException:
             if temporary is not None:
                 with contextlib.suppress(OSError):
