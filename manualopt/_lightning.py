@@ -287,17 +287,27 @@ def configured_checkpoint_io(trainer: pl.Trainer) -> CheckpointIO | None:
     return configured if isinstance(configured, CheckpointIO) else None
 
 
-def move_callback_first(trainer: pl.Trainer, callback: Callback) -> None:
+def move_callback_first(trainer: pl.Trainer, callback: Callback) -> Undo | None:
     """Put ``callback`` first in the Trainer's callback list, so its hooks run before any other callback's.
 
     Why: Lightning appends the callbacks of ``configure_callbacks`` after the Trainer's own, but manualopt's step
     guards and counters must be in place before another callback's ``on_fit_start`` or ``on_train_batch_start``
     runs. ``trainer.callbacks`` is a plain list that Lightning reads at every hook call.
+
+    Returns:
+        The function that puts it back where it was (None when it was first already).
     """
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    if callback in callbacks and callbacks[0] is not callback:
-        callbacks.remove(callback)
-        callbacks.insert(0, callback)
+    position = next((i for i, candidate in enumerate(callbacks) if candidate is callback), None)
+    if not position:
+        return None
+    callbacks.insert(0, callbacks.pop(position))
+
+    def undo() -> None:
+        if callbacks and callbacks[0] is callback:
+            callbacks.insert(min(position, len(callbacks) - 1), callbacks.pop(0))
+
+    return undo
 
 
 def no_backward_sync(trainer: pl.Trainer) -> contextlib.AbstractContextManager[Any]:
@@ -362,6 +372,135 @@ def training_dataloaders(trainer: pl.Trainer) -> list[Any]:
     return [] if combined is None else list(combined.flattened)
 
 
+def watch_training_data(
+    trainer: pl.Trainer, created: Callable[[Any], None], fetching: Callable[[], None], key: object
+) -> Undo:
+    """Tell ``created`` about each epoch iterator the epoch loop creates, and call ``fetching()`` before each batch.
+
+    ``created(None)`` runs before ``_TrainingEpochLoop.on_run_start`` (which creates the iterator of every epoch after
+    the first), ``created(True)`` after it when it did create one. The iterator of the fit's first epoch (or of a
+    resumed one) is created in ``_FitLoop.setup_data`` instead, right after ``Strategy.process_dataloader`` (see
+    :func:`intercept_dataloaders`).
+
+    Why: exact resume needs the random generators' states at the two moments an epoch draws its order (when its
+    iterator is created, and when its first batch is fetched) and the number of batches fetched. Lightning offers no
+    hook at either moment; ``_on_before_fetch`` is what the data fetcher calls before every ``next`` of the loader
+    (as its profiler start), and ``on_run_start`` is where a new epoch's iterator is made. It can go when Lightning
+    (or a stateful loader of the user's) saves and restores the order of a plain shuffling ``DataLoader`` itself.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    on_run_start, on_before_fetch = epoch_loop.on_run_start, epoch_loop._on_before_fetch
+
+    def wrapped_on_run_start(data_fetcher: Any) -> None:
+        before = training_iterator(trainer)
+        created(None)  # the generators' states now, before a new iterator draws anything
+        on_run_start(data_fetcher)
+        if training_iterator(trainer) is not before:
+            created(True)  # the iterator made now is the epoch's
+
+    def wrapped_on_before_fetch() -> None:
+        fetching()
+        on_before_fetch()
+
+    undo_start = patch_attribute(epoch_loop, "on_run_start", wrapped_on_run_start, key)
+    undo_fetch = patch_attribute(epoch_loop, "_on_before_fetch", wrapped_on_before_fetch, key)
+
+    def undo() -> None:
+        undo_fetch()
+        undo_start()
+
+    return undo
+
+
+def training_iterator(trainer: pl.Trainer) -> Any:
+    """The training ``CombinedLoader``'s current iterator (a new object for each epoch), or None.
+
+    Why: ``CombinedLoader._iterator`` is the one place that tells two epochs' iterators apart, and holds the loaders'
+    own iterators (``.iterators``, in flattened order) that a resumed epoch advances past the batches it trained.
+    """
+    combined = trainer.fit_loop._combined_loader
+    return None if combined is None else combined._iterator
+
+
+def loader_iterators(trainer: pl.Trainer) -> list[Any]:
+    """The training loaders' own iterators of the current epoch, in flattened order (see :func:`training_iterator`)."""
+    iterator = training_iterator(trainer)
+    return [] if iterator is None else list(getattr(iterator, "iterators", []))
+
+
+def isolate_validation(trainer: pl.Trainer, around: Callable[[Callable[[], Any]], Any], key: object) -> Undo:
+    """Run the fit's validation loop, and what else creates a validation iterator, through ``around(call)``.
+
+    Why: a validation draws from the global generators before any validation hook runs (its loader's iterator is
+    created in ``_EvaluationLoop.reset``, before ``on_validation_start``), and a fit resumed after an epoch's last
+    batch creates one outside a validation (``_EvaluationLoop.increment_progress_to_evaluation_end``, Lightning 2.2
+    and later); wrapping both methods of the fit's ``val_loop`` encloses all of it, so that the training's generators
+    come out as they went in, without touching the user's loaders. It can go when Lightning isolates validation's
+    random numbers itself (it does so for the sanity check only, with ``isolate_rng``).
+    """
+    val_loop = trainer.fit_loop.epoch_loop.val_loop
+    undos: list[Undo] = []
+    for name in ("run", "increment_progress_to_evaluation_end"):
+        method = getattr(val_loop, name, None)
+        if method is not None:
+            undos.append(patch_attribute(val_loop, name, functools.partial(around, method), key))
+
+    def undo() -> None:
+        for function in reversed(undos):
+            function()
+
+    return undo
+
+
+def epoch_to_resume(trainer: pl.Trainer) -> int:
+    """The epoch a resumed fit's loops restored, before they decide whether it was complete.
+
+    Why: ``_FitLoop.setup_data`` (where the resumed iterator is created) runs before ``_FitLoop.reset`` moves on to the
+    next epoch when the restored one was complete; ``epoch_progress.current.processed`` is what Lightning itself
+    passes to ``set_epoch`` of the samplers.
+    """
+    return int(trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+
+
+def epoch_batches(trainer: pl.Trainer) -> float:
+    """The number of batches of a training epoch, after ``limit_train_batches`` (``inf`` when unsized).
+
+    Why: ``_FitLoop.max_batches`` is the count the training loop itself ends an epoch on.
+    """
+    return float(trainer.fit_loop.max_batches)
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Tell ``loader``'s sampler (a ``DistributedSampler``, say) which epoch's order to draw, as Lightning does.
+
+    Why: on resume Lightning creates the iterator (which draws the order, with workers) before it calls ``set_epoch``;
+    fabric's ``_set_sampler_epoch`` is the function it calls, so both find the same sampler.
+    """
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(loader, epoch)
+
+
+def forget_restored_loader_states(trainer: pl.Trainer) -> None:
+    """Start the resumed fit's stateful training loaders at a new epoch instead of at their saved position.
+
+    Why: a checkpoint written after an epoch's last batch holds each stateful loader's position at that epoch's end
+    (its iterator had not yet raised ``StopIteration``); Lightning resumes at the next epoch but loads that position
+    (``_FitLoop._combined_loader_states_to_load``), so the loader's first epoch is empty and the resumed fit trains
+    one epoch less than the interrupted one would have. At an epoch boundary there is no position to restore. It can
+    go when Lightning drops a finished epoch's loader positions itself. Lightning before 2.3 restores none.
+    """
+    if getattr(trainer.fit_loop, "_combined_loader_states_to_load", None):
+        trainer.fit_loop._combined_loader_states_to_load = []
+
+
+def is_stateful_loader(loader: Any) -> bool:
+    """Whether Lightning saves and restores ``loader``'s own state (it has ``state_dict`` and ``load_state_dict``)."""
+    from lightning.fabric.utilities.types import _Stateful
+
+    return isinstance(loader, _Stateful)
+
+
 def restored_step_counts(trainer: pl.Trainer) -> tuple[int, int, int]:
     """``(automatic optimizer steps, manual optimizer steps, batches that stepped)`` as the loops hold them.
 
@@ -416,15 +555,29 @@ def parse_optimizer_config(config: Any) -> tuple[list[Optimizer], list[LRSchedul
     Why: in manual optimization Lightning keeps ``interval`` and ``frequency`` of a scheduler config but drops
     ``monitor``, ``strict`` and ``reduce_on_plateau`` with a warning, and never steps a scheduler (#6379; users asked
     for the automatic behaviour in #12284). manualopt steps them as automatic optimization does, so it parses the
-    configuration with automatic optimization's functions, including their validation (a ``ReduceLROnPlateau`` without
-    a ``monitor`` is refused here, before the fit starts). This can go when Lightning steps schedulers in manual
+    configuration with automatic optimization's functions, including their validation. One exception: a
+    ``ReduceLROnPlateau`` without a ``monitor`` (which automatic optimization refuses) is kept as it is, with
+    ``monitor=None``: stock manual optimization accepts it, and it stays the user's to step until its optimizer updates
+    through ``manual_step`` (which then refuses it). This can go when Lightning steps schedulers in manual
     optimization.
 
     Raises:
         MisconfigurationException: Lightning refuses the configuration.
     """
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
     optimizers, schedulers, monitor = _configure_optimizers(config)
-    return list(optimizers), _configure_schedulers_automatic_opt(schedulers, monitor)
+    configs: list[LRSchedulerConfig] = []
+    for scheduler in schedulers:
+        entry = scheduler if isinstance(scheduler, dict) else {"scheduler": scheduler}
+        plateau = entry.get("reduce_on_plateau", isinstance(entry.get("scheduler"), ReduceLROnPlateau))
+        if plateau and entry.get("monitor", monitor) is None:
+            kept = {key: value for key, value in entry.items() if key in ("scheduler", "interval", "frequency", "name")}
+            configs.append(LRSchedulerConfig(**kept, reduce_on_plateau=True))
+        else:
+            configs.extend(_configure_schedulers_automatic_opt([scheduler], monitor))
+    return list(optimizers), configs
 
 
 def install_scheduler_driver(

@@ -14,7 +14,7 @@ from torch.optim import Optimizer as TorchOptimizer
 
 from manualopt import _lightning
 from manualopt.errors import InvalidStepArgumentError, OptimizerConfigurationError
-from manualopt.types import NON_FINITE_POLICIES
+from manualopt.types import NON_FINITE_POLICIES, StepResult
 
 if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -111,6 +111,11 @@ class Window:
         return cls(int(count), int(epoch), options)
 
 
+def parameters_of(optimizer: TorchOptimizer) -> list[Tensor]:
+    """An optimizer's parameters, in ``param_groups`` order."""
+    return [parameter for group in optimizer.param_groups for parameter in group["params"]]
+
+
 class OptimizerRecord:
     """Everything manualopt keeps about one optimizer during one fit.
 
@@ -127,6 +132,11 @@ class OptimizerRecord:
         last_update_call: The ``training_step`` call (counted in the fit) of its last update through ``manual_step``.
         last_update_epoch: The epoch of its last update through ``manual_step``.
         stepping: Whether its own ``step`` is running (an inner optimizer's steps are then part of it).
+        checking: Whether its next step checks the gradients first (set by ``manual_step``, so that the check runs
+            after the user's ``on_before_optimizer_step`` and ``configure_gradient_clipping``, right before the step).
+        unmonitored: A ``ReduceLROnPlateau`` of this optimizer configured without a ``monitor``: the user's to step, so
+            an update through ``manual_step`` (after which manualopt would have to step it) is refused.
+        withheld: The result of an update that check withheld (policy ``"skip"``), until ``manual_step`` reads it.
         non_finite: What its updates do with a non-finite loss or gradient: ``"error"``, ``"skip"`` or ``"ignore"``.
         skipped: Updates withheld because of a non-finite loss or gradient (``non_finite="skip"``), in this run.
     """
@@ -136,11 +146,11 @@ class OptimizerRecord:
         "_plain_zero_grad",
         "_unit",
         "averages",
+        "checking",
         "checks_non_finite",
         "defaults",
         "defers_check",
         "found",
-        "index",
         "last_update_call",
         "last_update_epoch",
         "lightning",
@@ -151,21 +161,22 @@ class OptimizerRecord:
         "skipped",
         "stepping",
         "unchecked_since",
+        "unmonitored",
         "updates",
         "window",
+        "withheld",
     )
 
     def __init__(
         self,
         name: str,
-        index: int,
         optimizer: Optimizer,
         lightning: LightningOptimizer,
         defaults: StepOptions,
         schedulers: list[LRSchedulerConfig],
         non_finite: str = "error",
     ) -> None:
-        self.name, self.index, self.optimizer, self.lightning = name, index, optimizer, lightning
+        self.name, self.optimizer, self.lightning = name, optimizer, lightning
         self.defaults = defaults
         self.schedulers = schedulers
         self.updates = 0
@@ -180,6 +191,9 @@ class OptimizerRecord:
         self.defers_check = False  # whether the flag is read at check points only (policy "error" on a GPU)
         self.found: Tensor | None = None  # set to 1 by a non-finite gradient, on the gradients' device
         self.unchecked_since: tuple[int, int | None, int] | None = None  # first update not read back yet (GPU)
+        self.unmonitored: Any = None  # a ReduceLROnPlateau of this optimizer configured without a monitor
+        self.checking = False  # whether the next step of the optimizer checks its gradients (manual_step's update)
+        self.withheld: StepResult | None = None  # the update that check withheld (policy "skip")
         self._options: dict[tuple[Any, Any, Any], StepOptions] = {}
         self._plain_zero_grad = type(optimizer).zero_grad is TorchOptimizer.zero_grad
 
@@ -209,11 +223,14 @@ class OptimizerRecord:
             found.fill_(float(bad))
         return found
 
+    def parameters(self) -> list[Tensor]:
+        """The optimizer's parameters, in ``param_groups`` order."""
+        return parameters_of(self.optimizer)
+
     def restore_gradients(self, gradients: list[Tensor | None]) -> None:
-        """Put back the gradients :meth:`release_gradients` returned."""
-        parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
-        for parameter, gradient in zip(parameters, gradients, strict=True):
-            parameter.grad = gradient
+        """Put back the gradients :meth:`release_gradients` returned (or a checkpoint held), on the parameters."""
+        for parameter, gradient in zip(self.parameters(), gradients, strict=True):
+            parameter.grad = None if gradient is None else gradient.to(parameter.device)
 
     def release_gradients(self) -> list[Tensor | None]:
         """Set the gradients of the optimizer's parameters to None: ``optimizer.zero_grad(set_to_none=True)``.

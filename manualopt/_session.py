@@ -22,10 +22,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 
 from manualopt import _lightning, _strategies
+from manualopt._exact_resume import ExactResume
 from manualopt._guard import refuse
 from manualopt._optimizers import Configured, OptimizerRecord, Window, validated_policy
-from manualopt._resume import capture_rng, make_isolated, make_resumable, order_state, restore_rng, warn_inexact
-from manualopt._stepping import check_deferred_non_finite
+from manualopt._stepping import check_deferred_non_finite, check_gradients
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError, UnknownOptimizerError
 
 if TYPE_CHECKING:
@@ -159,16 +159,12 @@ class FitSession:
         self.active = False
         self.custom_clipping = type(module).configure_gradient_clipping is not _base_clipping()
         self._idle_check_at = IDLE_CALLS  # training_step calls without any update before a warning (0: checked)
-        self.driving = False  # whether manualopt itself is stepping a scheduler
         self.converting = False  # whether a checkpoint written without manualopt awaits counter conversion
         self.defers_checks = False  # whether non-finite flags are read only at check points (updates on a GPU)
         self.exact_resume = bool(getattr(module, "exact_resume", True))
         self.epoch_calls = 0  # training_step calls in the current epoch
         self._calls_epoch = -1
-        self.resume_rng: dict[str, Any] | None = None  # generator states to put back before the first batch
-        self.order_plans: dict[int, dict[str, Any]] = {}  # by training loader position: a mid-epoch order to resume
-        self._inexact: list[str] = []  # why this fit could not resume exactly, if it resumes
-        self._before_validation: dict[str, Any] | None = None  # the generators' states when validation started
+        self.exact = ExactResume(trainer) if self.exact_resume else None
         self._check_every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self.non_finite = validated_policy(
             getattr(module, "non_finite", "error"), f"`{type(module).__name__}.non_finite`"
@@ -203,8 +199,11 @@ class FitSession:
             lightning = wrappers[index]
             assert isinstance(lightning, LightningOptimizer)  # Lightning wraps every optimizer it holds
             schedulers = [s for s in configured.schedulers if getattr(s.scheduler, "optimizer", None) is optimizer]
+            unmonitored = [s for s in schedulers if s.reduce_on_plateau and s.monitor is None]  # the user's to step
+            schedulers = [s for s in schedulers if s not in unmonitored]
             policy = configured.non_finite.get(name, self.non_finite)
-            record = OptimizerRecord(name, index, optimizer, lightning, configured.defaults[name], schedulers, policy)
+            record = OptimizerRecord(name, optimizer, lightning, configured.defaults[name], schedulers, policy)
+            record.unmonitored = unmonitored[0].scheduler if unmonitored else None
             self.records.append(record)
             self.by_name[name] = record
             self._by_object[id(optimizer)] = record
@@ -259,7 +258,7 @@ class FitSession:
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
         for record in self.records:
             record.checks_non_finite = record.non_finite != "ignore" and not scaled
-            first = next((p for group in record.optimizer.param_groups for p in group["params"]), None)
+            first = next(iter(record.parameters()), None)
             on_gpu = first is not None and first.is_cuda  # reading a flag from a GPU waits for the device
             record.defers_check = record.checks_non_finite and record.non_finite == "error" and on_gpu
             self.defers_checks = self.defers_checks or record.defers_check
@@ -270,64 +269,31 @@ class FitSession:
             self._undo.append(wrapper)
         self._undo.append(_lightning.install_step_gate(trainer, self._batch_made_no_step, key))
         if self.driven:  # without schedulers Lightning's own update returns at once in manual optimization
+            from manualopt._schedulers import SchedulerDriver
+
+            driver = SchedulerDriver(self)
             self._undo.append(
                 _lightning.install_scheduler_driver(
-                    trainer, lambda: trainer.lightning_module is self.module, self._update_schedulers, key
+                    trainer, lambda: trainer.lightning_module is self.module, driver.update, key
                 )
             )
-            from manualopt._schedulers import watch_for_other_steppers
-
-            self._undo.extend(watch_for_other_steppers(self))
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 self._undo.append(_lightning.route_checkpoint_through_automatic_path(callback, callback_owns, key))
         for component in components(self.module):
             self.attach(component)
-        if self.exact_resume:
-            self._undo.append(_lightning.intercept_dataloaders(trainer, self._prepare_loader, key))
-
-    def _prepare_loader(self, loader: Any, training: bool) -> None:
-        undo = make_resumable(loader, self) if training else make_isolated(loader)
-        if undo is not None:
-            self._undo.append(undo)
+        if self.exact is not None:
+            self._undo.extend(self.exact.install(key))
 
     def validation_started(self) -> None:
-        """Swap in the averages that evaluate with them; with exact resume, keep the generators' states."""
+        """Swap in the averages that evaluate with them."""
         for average in self.averages:
             average._validation_started()
-        if self.exact_resume:
-            # Validation during the fit draws no random number of the training's: a checkpoint saved right before it
-            # then holds the states the next batch starts from, whether or not a resumed run validates there again.
-            self._before_validation = capture_rng()
 
     def validation_ended(self) -> None:
-        """Swap the trained weights back; put back the generators' states of the validation's start."""
+        """Swap the trained weights back."""
         for average in self.averages:
             average._validation_ended()
-        state, self._before_validation = self._before_validation, None
-        if state is not None:
-            restore_rng(state)
-
-    def inexact(self, reason: str) -> None:
-        """Note why a resume of this fit cannot be exact; said once, if the fit resumes."""
-        if reason not in self._inexact:
-            self._inexact.append(reason)
-
-    def order_plan(self, loader: Any) -> dict[str, Any] | None:
-        """The saved order of the interrupted epoch for ``loader``, once (None at an epoch boundary)."""
-        if not self.order_plans:
-            return None
-        loaders = _lightning.training_dataloaders(self.trainer)
-        position = next((i for i, candidate in enumerate(loaders) if candidate is loader), None)
-        return None if position is None else self.order_plans.pop(position, None)
-
-    def restore_rng(self) -> None:
-        """Put back the generator states of the checkpoint being resumed, once, right before its first batch."""
-        state, self.resume_rng = self.resume_rng, None
-        if state is not None:
-            restore_rng(state)
-            for reason in self._inexact:
-                warn_inexact(reason)
 
     def attach(self, component: Any) -> None:
         """Bind a ``StepSchedule`` or ``EMA`` to this fit (once), through its own ``_manualopt_attach``."""
@@ -340,14 +306,23 @@ class FitSession:
         self._undo.append(undo)
 
     def end(self) -> None:
-        """Remove everything the fit installed, in reverse order. Safe to call twice."""
+        """Remove everything the fit installed, in reverse order. Safe to call twice.
+
+        Every undo runs, even when one raises; the first error is raised once all ran.
+        """
         was_active, self.active = self.active, False
         self.call = None
         undo, self._undo = self._undo, []
+        failure: BaseException | None = None
         for function in reversed(undo):
-            function()
+            try:
+                function()
+            except BaseException as error:  # the others still run; this one is raised at the end
+                failure = failure or error
         if was_active and _lightning.is_spawned_worker(self.trainer):
             self._send_back_with_weights()
+        if failure is not None:
+            raise failure
 
     def _send_back_with_weights(self) -> None:
         # The worker's next state_dict() is the one the launcher sends to the main process (which loads it with
@@ -379,12 +354,30 @@ class FitSession:
             self._undo.append(optimizer.register_step_pre_hook(self._pre_hook(record, own)).remove)
             self._undo.append(optimizer.register_step_post_hook(self._post_hook(record, own)).remove)
 
-    def _pre_hook(self, record: OptimizerRecord, own: bool) -> Callable[[Optimizer, Any, Any], None]:
-        def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre_hook(self, record: OptimizerRecord, own: bool) -> Callable[[Optimizer, Any, Any], Any]:
+        def pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
+            call = self.call
+            if own and record.checking and call is not None:  # manual_step's update, inside its training_step call
+                # The gradients are checked after the closure Lightning hands the step (``args`` holds the optimizer):
+                # it runs the user's on_before_optimizer_step and the clipping, which may repair them, and the step's
+                # update comes after it. A withheld update releases the gradients: the step finds none, changes none.
+                record.stepping, record.checking = True, False
+                inner = kwargs.get("closure")
+                if inner is None:
+                    record.withheld = check_gradients(self, call, record)
+                    return None
+
+                def checked_closure() -> Any:
+                    result = inner()
+                    record.withheld = check_gradients(self, call, record)
+                    return result
+
+                return args, {**kwargs, "closure": checked_closure}
             if not self.inside():
                 refuse(self.module, f"`{type(optimizer).__name__}.step()` of optimizer {record.name!r}", record.name)
             if own:
                 record.stepping = True
+            return None
 
         return pre_hook
 
@@ -394,6 +387,8 @@ class FitSession:
         def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             if own:
                 record.stepping = False
+                if record.withheld is not None:
+                    return  # the check withheld it: not an update
             elif record.stepping:
                 return  # the inner optimizer's step inside its wrapper's step: one update, counted by the wrapper
             record.updates += 1
@@ -414,11 +409,6 @@ class FitSession:
     def _batch_made_no_step(self) -> bool:
         return self.active and not self.batch_stepped and self.trainer.lightning_module is self.module
 
-    def _update_schedulers(self, interval: str, plateau: bool, batch_idx: int) -> None:
-        from manualopt._schedulers import update_schedulers
-
-        update_schedulers(self, interval, plateau, batch_idx)
-
     # ------------------------------------------------------------------ training_step calls
 
     def inside(self) -> bool:
@@ -432,8 +422,8 @@ class FitSession:
         call = self.call = StepCall(self.calls, _lightning.global_step(trainer), trainer.current_epoch, batch_idx)
         if call.epoch != self._calls_epoch:
             self._calls_epoch, self.epoch_calls = call.epoch, 0
-        if self.resume_rng is not None:  # no resumable loader fetched the first batch (an iterable dataset)
-            self.restore_rng()
+        if self.exact is not None:
+            self.exact.before_first_step()
         for record in self.records:
             record.stepping = False
         _running.session = self
@@ -482,51 +472,53 @@ class FitSession:
             "resume": self._resume_state() if self.exact_resume else None,
         }
 
-    def _resume_state(self) -> list[dict[str, Any]]:
-        """Per rank: the generators' states now, each training loader's interrupted order, open windows' gradients."""
-        epoch = self.trainer.current_epoch
-        consumed = self.epoch_calls if self._calls_epoch == epoch else 0
-        loaders = _lightning.training_dataloaders(self.trainer)
+    def _resume_state(self) -> list[dict[str, Any]] | None:
+        """Every rank's part of exact resume, on rank 0 (None on the others, which write no checkpoint).
+
+        Each part: the generators' states and the epoch under way (:class:`ExactResume`), and the gradients of
+        accumulation windows open now, on the CPU.
+        """
+        assert self.exact is not None
         state = {
-            "rng": capture_rng(),
-            "orders": [order_state(loader, consumed, epoch) for loader in loaders],
+            **self.exact.state_dict(),
             "windows": {
-                record.name: [p.grad for group in record.optimizer.param_groups for p in group["params"]]
+                record.name: [None if p.grad is None else p.grad.detach().cpu() for p in record.parameters()]
                 for record in self.records
                 if record.window.count
             },
         }
-        return _gather(state)
+        return _gather_to_writer(state)
 
     def _load_resume_state(self, states: list[dict[str, Any]] | None) -> None:
-        if not self.exact_resume:
+        exact = self.exact
+        if exact is None:
             return
         if not states:
-            self.inexact("the checkpoint holds no generator states (it was written with exact resume off)")
+            exact.inexact("the checkpoint holds no generator states (it was written with exact resume off)")
             return
-        if not _lightning.resumes_loops_exactly():
+        loops_exact = _lightning.resumes_loops_exactly()
+        if not loops_exact:
             from lightning import __version__
 
             major, minor = _lightning.EXACT_RESUME_FROM
-            self.inexact(
+            exact.inexact(
                 f"Lightning {__version__} may train the batch the checkpoint was saved after once more when it"
-                f" resumes; exact resume is tested from Lightning {major}.{minor}"
+                f" resumes inside an epoch; exact resume inside an epoch is tested from Lightning {major}.{minor}"
             )
         rank, world = _rank()
         if len(states) != world:
-            self.inexact(f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}")
+            exact.inexact(f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}")
             return
         state = states[rank]
-        self.resume_rng = state["rng"]
-        if _lightning.resumes_loops_exactly():  # older loops restart their epoch at another batch: no order to align
-            self.order_plans = {i: plan for i, plan in enumerate(state.get("orders", [])) if plan is not None}
+        if "rng" not in state:  # written by manualopt 0.2: per-loader orders of another shape
+            exact.inexact("the checkpoint was written by an older manualopt, whose data order this one cannot align")
+            return
+        exact.load(state, loops_exact)
         windows = state.get("windows", {})
         for record in self.records:
             gradients = windows.get(record.name)
             if gradients is not None:
                 record.restore_gradients(gradients)  # the open window goes on from the gradients it had
-        if world > 1 and windows:
-            self.inexact("an accumulation window was open at the checkpoint under several processes")
 
     def accept_checkpoint(self, checkpoint: Any) -> None:
         """Check a checkpoint being resumed against this fit, before its weights are loaded, and take its counters.
@@ -540,8 +532,11 @@ class FitSession:
         """
         states = checkpoint.get("optimizer_states")
         if self.records and states is not None and len(states) != len(self.records):
+            entry = checkpoint.get(CHECKPOINT_KEY)
+            saved = entry.get("optimizer_names") if isinstance(entry, dict) else None
+            held = f" ({list(saved)})" if saved else " (unnamed: it was written without manualopt)"
             raise OptimizerConfigurationError(
-                f"The checkpoint being resumed holds the state of {len(states)} optimizer(s) but"
+                f"The checkpoint being resumed holds the state of {len(states)} optimizer(s){held} but"
                 f" `configure_optimizers` now returns {len(self.records)} ({self.names}). Nothing was loaded: the"
                 " module's weights are as they were. Resume with the same optimizers, or start a new run without"
                 " `ckpt_path`."
@@ -624,14 +619,15 @@ class FitSession:
             self.calls = int(entry.get("training_step_calls", 0))
 
 
-def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
-    # every rank's part, in rank order (the checkpoint is written by rank 0 only)
+def _gather_to_writer(state: dict[str, Any]) -> list[dict[str, Any]] | None:
+    # every rank's part, in rank order, on rank 0 (which writes the checkpoint); every rank takes part in the gather
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [state]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, state)
+    rank = dist.get_rank()
+    gathered: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(state, gathered, dst=0)
     return gathered
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim import LBFGS
 
 from manualopt import _lightning
-from manualopt.errors import InvalidStepArgumentError, NonFiniteError
+from manualopt.errors import InvalidStepArgumentError, NonFiniteError, OptimizerConfigurationError
 from manualopt.types import StepResult
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from manualopt._optimizers import OptimizerRecord, StepOptions
     from manualopt._session import FitSession, StepCall
 
-__all__ = ["apply_requested_clipping", "check_deferred_non_finite", "close_open_windows", "step"]
+__all__ = ["apply_requested_clipping", "check_deferred_non_finite", "check_gradients", "close_open_windows", "step"]
 
 
 def step(
@@ -116,10 +116,17 @@ def update(
     The update is counted by the torch step hooks of the session (``FitSession._post_hook``), which run only when the
     torch optimizer really stepped; comparing the count before and after tells a real update from a skipped one.
     """
-    if closure is None and record.checks_non_finite:
-        withheld = _check_gradients(session, call, record)
-        if withheld is not None:
-            return withheld
+    if record.unmonitored is not None:
+        raise OptimizerConfigurationError(
+            f"manual_step({record.name!r}): optimizer {record.name!r} has a ReduceLROnPlateau scheduler without a"
+            " `monitor`, which manualopt steps after each update through `manual_step` but cannot without a metric."
+            ' Name the metric it follows in `configure_optimizers`: `{"optimizer": opt, "lr_scheduler":'
+            ' {"scheduler": scheduler, "monitor": "val_loss"}}`; or step this optimizer yourself (`opt.step()`) and'
+            " its scheduler with `self.lr_schedulers().step(metric)`, as in stock manual optimization."
+        )
+    # the gradients are checked by the optimizer's step pre-hook (FitSession._pre_hook): after Lightning ran the
+    # user's on_before_optimizer_step and the clipping, which may repair them, and right before the step
+    record.checking = closure is None and record.checks_non_finite
     before = record.updates
     if options.gradient_clip_val or session.custom_clipping:
         call.pending_clip = (record.optimizer, options.gradient_clip_val, options.gradient_clip_algorithm)
@@ -130,6 +137,10 @@ def update(
             record.lightning.step(closure=closure)
     finally:
         call.pending_clip = None
+        record.checking = False
+    withheld, record.withheld = record.withheld, None
+    if withheld is not None:
+        return withheld
     record.release_gradients()  # the update used them; the memory is free until the next window
     stepped = record.updates > before
     if stepped:
@@ -145,7 +156,7 @@ def call_of(session: FitSession) -> StepCall:
     return call
 
 
-def _check_gradients(session: FitSession, call: StepCall, record: OptimizerRecord) -> StepResult | None:
+def check_gradients(session: FitSession, call: StepCall, record: OptimizerRecord) -> StepResult | None:
     """Withhold or refuse an update whose gradients are not finite, as the optimizer's policy says.
 
     Returns:

@@ -144,14 +144,22 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def _swap(self) -> None:
+        # all or nothing: every pair is checked before the first copy, and the copies cannot fail after that
         pairs = [
             *zip(self.average.parameters(), self.target.parameters(), strict=True),
             *zip(self.average.buffers(), self.target.buffers(), strict=True),
         ]
-        for average, current in pairs:
-            kept = current.detach().clone()
+        changed = [index for index, (average, current) in enumerate(pairs) if average.shape != current.shape]
+        if changed:
+            raise InvalidArgumentError(
+                f"The EMA's average and its module differ in the shape of {len(changed)} tensor(s) (the first is"
+                f" tensor {changed[0]}): the module changed after the EMA was created, so the weights cannot be"
+                " swapped; nothing was. Create the EMA after the module's final layout."
+            )
+        kept = [current.detach().clone() for _, current in pairs]
+        for (average, current), saved in zip(pairs, kept, strict=True):
             current.copy_(average)
-            average.copy_(kept)
+            average.copy_(saved)
         self._swapped = not self._swapped
 
     @override

@@ -32,9 +32,12 @@ class StepOutsideTrainingStepError(ManualOptimizationError):
 
 
 class OptimizerConfigurationError(ManualOptimizationError):
-    """``configure_optimizers`` returned something manualopt cannot use, or a checkpoint does not match it.
+    """The optimizer configuration cannot be honoured: by manualopt, by the strategy, or by the checkpoint resumed.
 
-    Raised when ``Trainer.fit`` starts, before the first batch, or when a checkpoint is resumed.
+    Raised where that shows: mostly when ``Trainer.fit`` starts or a checkpoint is resumed (before the first batch,
+    with nothing loaded); during training when the configuration meets what it cannot do: the first ``manual_step`` of
+    an optimizer whose ``ReduceLROnPlateau`` has no ``monitor``, a ``strict`` plateau scheduler whose metric was never
+    logged, a strategy that cannot take the update. The message names the optimizer and the fix.
     """
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
@@ -14,6 +13,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -25,7 +25,6 @@ from manualopt._optimizers import configure
 from manualopt._session import SPAWN_RESULT_KEY, FitSession, ModuleLink, components, link_of, session_of
 from manualopt.errors import (
     InvalidArgumentError,
-    ManualOptimizationDeprecationWarning,
     OptimizerConfigurationError,
     UnknownOptimizerError,
 )
@@ -265,7 +264,13 @@ class ManualOptimizationModule(LightningModule):
     def _refuse_step(self, optimizer: OptimizerKey) -> NoReturn:
         shown = optimizer if isinstance(optimizer, str) else None
         session = session_of(self)
-        if _lightning.current_hook_name(self) == "training_step" and (session is None or not session.active):
+        trainer = attached_trainer(self)
+        running = trainer is not None and trainer.state.status == TrainerStatus.RUNNING  # not after a crashed fit
+        if (
+            running
+            and _lightning.current_hook_name(self) == "training_step"
+            and (session is None or not session.active)
+        ):
             raise OptimizerConfigurationError(
                 f"manualopt's callback is not attached to this fit of `{type(self).__name__}`, so nothing can be"
                 " counted: `configure_callbacks` was assigned to the class after it was created, or the callback was"
@@ -299,18 +304,6 @@ class ManualOptimizationModule(LightningModule):
             yield
         finally:
             _untoggle(self, thaw, freeze)
-
-    @contextlib.contextmanager
-    def optimizing(self, *names: str) -> Iterator[None]:
-        """Deprecated alias of :meth:`toggled_optimizer`, kept until manualopt 0.3."""
-        warnings.warn(
-            "`optimizing(...)` is deprecated and will be removed in manualopt 0.3; use"
-            " `self.toggled_optimizer(...)`, which takes the same names.",
-            ManualOptimizationDeprecationWarning,
-            stacklevel=3,
-        )
-        with self.toggled_optimizer(*names):
-            yield
 
     @override
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -347,8 +340,7 @@ class ManualOptimizationModule(LightningModule):
             id(parameter)
             for record in (session.records if session is not None else ())
             if record.window.count
-            for group in record.optimizer.param_groups
-            for parameter in group["params"]
+            for parameter in record.parameters()
         }
         if not kept:
             super().on_validation_model_zero_grad()
@@ -359,10 +351,7 @@ class ManualOptimizationModule(LightningModule):
 
 
 class _NamedOptimizers(Iterator[tuple[str, LightningOptimizer]]):
-    """What :meth:`ManualOptimizationModule.named_optimizers` returns: an iterator of ``(name, optimizer)`` pairs.
-
-    Until manualopt 0.3 it also answers the mapping reads that ``named_optimizers()`` answered before, with a warning.
-    """
+    """What :meth:`ManualOptimizationModule.named_optimizers` returns: an iterator of ``(name, optimizer)`` pairs."""
 
     def __init__(self, pairs: list[tuple[str, LightningOptimizer]]) -> None:
         self._pairs = pairs
@@ -375,27 +364,6 @@ class _NamedOptimizers(Iterator[tuple[str, LightningOptimizer]]):
     def __len__(self) -> int:
         return len(self._pairs)
 
-    def _deprecated(self) -> dict[str, LightningOptimizer]:
-        warnings.warn(
-            "`named_optimizers()` now yields (name, optimizer) pairs like torch's `named_parameters()`; reading it as"
-            " a mapping is deprecated and stops working in manualopt 0.3. Use `self.optimizer(name)` or"
-            " `dict(self.named_optimizers())`.",
-            ManualOptimizationDeprecationWarning,
-            stacklevel=3,
-        )
-        return dict(self._pairs)
-
-    def __getitem__(self, name: str) -> LightningOptimizer:
-        return self._deprecated()[name]
-
-    def items(self) -> Any:
-        """Deprecated: the ``(name, optimizer)`` pairs."""
-        return self._deprecated().items()
-
-    def values(self) -> Any:
-        """Deprecated: the optimizers."""
-        return self._deprecated().values()
-
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]
 def _toggle(
@@ -404,16 +372,8 @@ def _toggle(
     # Kept out of torch.compile graphs, like Lightning's own toggling: requires_grad flips are not traceable.
     session = module._session_for_lookup()
     frozen = link_of(module).frozen
-    named = {
-        id(p): p for key in optimizers for group in session.record(key).optimizer.param_groups for p in group["params"]
-    }
-    others = {
-        id(p): p
-        for record in session.records
-        for group in record.optimizer.param_groups
-        for p in group["params"]
-        if id(p) not in named
-    }
+    named = {id(p): p for key in optimizers for p in session.record(key).parameters()}
+    others = {id(p): p for record in session.records for p in record.parameters() if id(p) not in named}
     freeze = [p for p in others.values() if p.requires_grad]
     # a named parameter frozen by an enclosing block (not by the user) is trainable again inside this one
     thaw = [p for key, p in named.items() if not p.requires_grad and frozen.get(key, 0)]
@@ -498,7 +458,13 @@ def _wrap_configure_optimizers(function: _F) -> _F:
         configured = link.configured = configure(config)
         trainer = attached_trainer(self)
         if trainer is not None and link.callback is not None:
-            _lightning.move_callback_first(trainer, link.callback)
+            undo = _lightning.move_callback_first(trainer, link.callback)
+            if undo is not None:
+                session = link.session
+                if session is not None and session.active and session.trainer is trainer:
+                    session.on_end(undo)
+                else:
+                    link.undo_before_fit.append(undo)  # the fit's session takes it over when it starts
         return configured.for_lightning
 
     setattr(configure_optimizers, _WRAPPED, True)

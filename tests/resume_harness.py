@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,10 @@ class Config:
     batches: int = 8
     epochs: int = 2
     every: int = 3  # checkpoint every n training steps (and last.ckpt)
-    processes: int = 1  # 2: DDP on two CPU processes (spawned, gloo)
+    processes: int = 1  # 2: DDP on two CPU processes (gloo)
+    data: str = "shuffle"  # "shuffle": DataLoader(shuffle=True); "distributed": its DistributedSampler; "stateful"
+    checkpoint: str = "steps"  # "steps": every `every` training steps; "epochs": at each epoch end, after validation
+    start_method: str = "spawn"  # of the DDP processes
 
     @property
     def steps(self) -> int:
@@ -130,16 +134,20 @@ class Kill(pl.Callback):
 
 
 def loader(config: Config, seed: int = 0) -> DataLoader[Any]:
-    data = torch.randn(config.batches * 8, 2, generator=torch.Generator().manual_seed(seed))
+    """The run's shuffled training (seed 0) or validation (seed 1) data, as ``config.data`` says."""
+    dataset = TensorDataset(torch.randn(config.batches * 8, 2, generator=torch.Generator().manual_seed(seed)))
     generator = torch.Generator().manual_seed(7) if config.generator else None
-    return DataLoader(
-        TensorDataset(data),
-        batch_size=8,
-        shuffle=True,
-        generator=generator,
-        num_workers=config.workers,
-        persistent_workers=False,
-    )
+    options: dict[str, Any] = {"batch_size": 8, "num_workers": config.workers, "generator": generator}
+    if config.data == "stateful":  # a loader that keeps its own position: Lightning saves and restores its state
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return StatefulDataLoader(dataset, shuffle=True, **options)  # type: ignore[no-any-return]
+    if config.data == "distributed" and config.processes == 1:  # a sampler of the user's own
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5)
+        return DataLoader(dataset, sampler=sampler, **options)
+    return DataLoader(dataset, shuffle=True, **options)  # under DDP Lightning gives it a DistributedSampler
 
 
 def run(config: Config, root: Path, out: Path, kill: Kill | None = None, resume: bool = False) -> None:
@@ -149,12 +157,19 @@ def run(config: Config, root: Path, out: Path, kill: Kill | None = None, resume:
     random.seed(0)
     torch.set_num_threads(1)
     model = Model(config)
-    checkpoint = ModelCheckpoint(dirpath=str(root), every_n_train_steps=config.every, save_top_k=-1, save_last=True)
+    if config.checkpoint == "epochs":  # written in on_validation_end, validation running at each epoch's end
+        checkpoint = ModelCheckpoint(dirpath=str(root), every_n_epochs=1, save_top_k=-1, save_last=True)
+    else:
+        checkpoint = ModelCheckpoint(dirpath=str(root), every_n_train_steps=config.every, save_top_k=-1, save_last=True)
     distributed: dict[str, Any] = {}
     if config.processes > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo", find_unused_parameters=True)
+        method = config.start_method
+        # the spawned processes receive the loaders' tensors through shared memory; handing them file descriptors
+        # fails from the forked child a test runs in ("bad value(s) in fds_to_keep")
+        torch.multiprocessing.set_sharing_strategy("file_system")
+        strategy = DDPStrategy(start_method=method, process_group_backend="gloo", find_unused_parameters=True)
         distributed = {"devices": config.processes, "strategy": strategy}
     trainer = pl.Trainer(
         default_root_dir=str(root),
@@ -165,14 +180,39 @@ def run(config: Config, root: Path, out: Path, kill: Kill | None = None, resume:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        val_check_interval=4,
+        val_check_interval=None if config.checkpoint == "epochs" else 4,
         limit_val_batches=1,
-        callbacks=[checkpoint, *([kill] if kill else []), WritesFinalState(out)],
+        callbacks=[checkpoint, *([kill] if kill else []), WritesFinalState(out), RecordsWarnings(out)],
     )
     last = root / "last.ckpt"
     trainer.fit(
         model, loader(config), loader(config, seed=1), ckpt_path=str(last) if resume and last.exists() else None
     )
+
+
+class RecordsWarnings(pl.Callback):
+    """Each process appends the warnings of its fit to ``out.warnings`` (rank 0) or ``out.rank<r>.warnings``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = str(out)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        target = self.out if trainer.global_rank == 0 else f"{self.out}.rank{trainer.global_rank}"
+        shown = warnings.showwarning
+
+        def record(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            with open(f"{target}.warnings", "a") as handle:
+                handle.write(f"{category.__name__}: {message}\n")
+            shown(message, category, *args, **kwargs)
+
+        warnings.simplefilter("always")
+        warnings.showwarning = record  # this process ends with the fit: nothing to put back
+
+
+def recorded_warnings(out: Path) -> str:
+    """What :class:`RecordsWarnings` wrote for rank 0 of the run that wrote ``out``."""
+    path = Path(f"{out}.warnings")
+    return path.read_text() if path.exists() else ""
 
 
 class WritesFinalState(pl.Callback):
@@ -210,6 +250,10 @@ def in_child(function: Callable[[], None]) -> int:
             os.setpgrp()  # its own process group: a kill of the run's processes spares the test
             function()
             status = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # the child's error, in the test's captured output
         finally:
             os._exit(status)
     _, status = os.waitpid(pid, 0)

@@ -16,7 +16,6 @@ import manualopt
 from manualopt import (
     EMA,
     InvalidArgumentError,
-    ManualOptimizationDeprecationWarning,
     ManualOptimizationWarning,
     OptimizerConfigurationError,
     StepSchedule,
@@ -39,21 +38,12 @@ def test_named_optimizers_yields_pairs_like_torch(tmp_path: Path) -> None:
     assert [name for name, _ in pairs] == ["generator", "discriminator"]
     assert all(isinstance(optimizer, LightningOptimizer) for _, optimizer in pairs)
     assert dict(model.named_optimizers())["generator"] is model.optimizer("generator") is model.optimizer(0)
-    with pytest.warns(ManualOptimizationDeprecationWarning, match=r"yields \(name, optimizer\) pairs"):
-        assert model.named_optimizers()["discriminator"] is model.optimizer("discriminator")
+    with pytest.raises(TypeError):  # the mapping reads of manualopt 0.1 went in 0.3
+        model.named_optimizers()["discriminator"]  # type: ignore[index]
 
 
-def test_optimizing_is_a_deprecated_alias_of_toggled_optimizer(tmp_path: Path) -> None:
-    class Old(TwoNets):
-        def training_step(self, batch: Any, batch_idx: int) -> None:
-            with self.optimizing("generator"):
-                self.flags = [p.requires_grad for p in self.discriminator.parameters()]
-            super().training_step(batch, batch_idx)
-
-    model = Old()
-    with pytest.warns(ManualOptimizationDeprecationWarning, match="use `self.toggled_optimizer"):
-        trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(model, loader())
-    assert model.flags == [False, False]
+def test_the_aliases_deprecated_in_0_2_are_gone() -> None:
+    assert not hasattr(manualopt.ManualOptimizationModule, "optimizing")  # toggled_optimizer replaced it
 
 
 def test_ema_takes_an_optimizer_key_like_manual_step(tmp_path: Path) -> None:

@@ -179,10 +179,13 @@ def _stray_optimizer() -> torch.optim.Optimizer:
     ("optimizers", "message"),
     [
         (lambda g, d: {"gen": g, "discriminator": d}, r"\['generator', 'discriminator'\].*\['gen', 'discriminator'\]"),
-        (lambda g, d: {"generator": g}, r"state of 2 optimizer\(s\) but .* returns 1"),
+        (
+            lambda g, d: {"generator": g},
+            r"state of 2 optimizer\(s\) \(\['generator', 'discriminator'\]\) but .* returns 1 \(\['generator'\]\)",
+        ),
         (
             lambda g, d: {"generator": g, "discriminator": d, "third": torch.optim.SGD([nn.Parameter(torch.zeros(1))])},
-            "returns 3",
+            r"\(\['generator', 'discriminator'\]\) but .* returns 3",
         ),
         (lambda g, d: {"discriminator": d, "generator": g}, r"\['discriminator', 'generator'\]"),
         (lambda g, d: [g, d], r"\['optimizer_0', 'optimizer_1'\]"),

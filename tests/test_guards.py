@@ -344,3 +344,18 @@ def test_validate_with_a_new_trainer_refuses_manual_step(tmp_path: Path) -> None
     with pytest.raises(StepOutsideTrainingStepError, match=r"`StepsInValidation\.validation_step` during"):
         trainer(tmp_path).validate(model, loader(2))
     assert dict(model.named_optimizers()) == {}
+
+
+def test_after_a_crashed_fit_manual_step_outside_a_fit_is_a_step_outside_training_step(tmp_path: Path) -> None:
+    class Crashes(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            if batch_idx == 2:
+                raise ValueError("the user's bug")
+
+    model = Crashes()
+    with pytest.raises(ValueError, match="the user's bug"):
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
+    loss = model.generator(torch.ones(1, 4)).sum()
+    with pytest.raises(StepOutsideTrainingStepError, match="outside"):  # not a diagnosis of a missing callback
+        model.manual_step("generator", loss)

@@ -142,3 +142,35 @@ def test_on_a_gpu_the_error_comes_at_the_next_check_point_before_any_checkpoint(
         fit.fit(model, loader())
     assert model.changed[3] is True  # applied: the flag was not read on that update
     assert [p.name for p in (tmp_path / "ckpt").glob("*.ckpt")] == []  # the step-5 save was refused
+
+
+class RepairsGradients(Breaks):
+    """Breaks the generator's gradient on batch 3 and repairs it in one of the user's hooks before the step."""
+
+    def __init__(self, hook: str) -> None:
+        super().__init__(_nan_gradient)
+        self.hook = hook
+        self.repaired = 0
+
+    def _repair(self, optimizer: Any) -> None:
+        for parameter in self.generator.parameters():
+            if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+                torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                self.repaired += 1
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.hook == "on_before_optimizer_step":
+            self._repair(optimizer)
+
+    def configure_gradient_clipping(self, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        if self.hook == "configure_gradient_clipping":
+            self._repair(optimizer)
+
+
+@pytest.mark.parametrize("hook", ["on_before_optimizer_step", "configure_gradient_clipping"])
+def test_gradients_repaired_in_the_users_hooks_are_not_refused(tmp_path: Path, hook: str) -> None:
+    model = RepairsGradients(hook)
+    trainer(tmp_path, max_epochs=1).fit(model, loader())
+    assert model.repaired > 0  # the hook saw the non-finite gradient of batch 3
+    assert all(result.stepped for result in model.results)  # and the check, after it, let the update through
+    assert dict(model.optimizer_updates) == {"generator": 10, "discriminator": 10}

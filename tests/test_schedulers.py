@@ -44,7 +44,7 @@ def test_plateau_without_logged_metric_names_it(tmp_path: Path) -> None:
         trainer(tmp_path, max_epochs=1).fit(Plateau(), loader())
 
 
-def test_stepping_a_driven_scheduler_yourself_warns_at_your_line(tmp_path: Path) -> None:
+def test_stepping_a_driven_scheduler_yourself_warns_once(tmp_path: Path) -> None:
     class DoubleSteps(TwoNets):
         def configure_optimizers(self) -> Any:
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
@@ -55,14 +55,55 @@ def test_stepping_a_driven_scheduler_yourself_warns_at_your_line(tmp_path: Path)
             self.manual_step(0, sum(self.losses(batch)))
             self.lr_schedulers().step()  # as stock manual optimization requires, but manualopt steps it already
 
+    model = DoubleSteps()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer(tmp_path, max_epochs=1).fit(DoubleSteps(), loader())
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
     ours = [w for w in caught if issubclass(w.category, ManualOptimizationWarning)]
     assert len(ours) == 1  # once, not once per step
-    assert "stepped here, but manualopt steps it already (interval 'step', frequency 1)" in str(ours[0].message)
-    assert "Remove this `step()` call" in str(ours[0].message)
-    assert ours[0].filename == __file__  # it points at the line that stepped it
+    assert "stepped outside manualopt, which steps it already (interval 'step', frequency 1)" in str(ours[0].message)
+    assert "Remove your `step()` call" in str(ours[0].message)
+    assert type(model.lr_schedulers()) is torch.optim.lr_scheduler.StepLR  # watched without changing its class
+
+
+class OwnPlateau(TwoNets):
+    """Plain Lightning manual optimization with a bare ReduceLROnPlateau (no monitor), stepped by the module."""
+
+    def __init__(self, through_manual_step: bool = False) -> None:
+        super().__init__()
+        self.through_manual_step = through_manual_step
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [optimizer], [torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)]
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        loss = sum(self.losses(batch))
+        if self.through_manual_step:
+            self.manual_step(0, loss)
+            return
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_schedulers().step(1.0)  # a metric that never improves: the rate halves after every epoch but the first
+
+
+def test_a_plateau_scheduler_without_monitor_stays_the_users_to_step(tmp_path: Path) -> None:
+    model = OwnPlateau()
+    fit = trainer(tmp_path, max_epochs=3)
+    fit.fit(model, loader())
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # only the module stepped it
+    assert fit.global_step == 3 * 10
+
+
+def test_a_plateau_scheduler_without_monitor_is_refused_at_the_first_manual_step(tmp_path: Path) -> None:
+    model = OwnPlateau(through_manual_step=True)
+    with pytest.raises(OptimizerConfigurationError, match=r"manual_step\('optimizer_0'\): .* without a `monitor`"):
+        trainer(tmp_path, max_epochs=1).fit(model, loader())
+    assert model.optimizer_updates == {"optimizer_0": 0}  # refused before the first update
 
 
 class KeepsItsScheduler(TwoNets):
