@@ -43,24 +43,31 @@ __all__ = [
     "automatic_view",
     "configured_checkpoint_io",
     "current_hook_name",
+    "epoch_batches",
+    "epoch_to_resume",
+    "forget_restored_loader_states",
     "global_step",
-    "global_step_snapshot",
     "install_scheduler_driver",
     "install_step_gate",
     "intercept_dataloaders",
     "intercept_model_loading",
     "is_last_batch",
     "is_spawned_worker",
+    "is_stateful_loader",
+    "isolate_validation",
+    "loader_iterators",
     "move_callback_first",
     "no_backward_sync",
     "parse_optimizer_config",
-    "restore_global_step",
     "restored_step_counts",
     "resumes_loops_exactly",
     "route_checkpoint_through_automatic_path",
     "set_global_step",
+    "set_sampler_epoch",
     "step_scheduler",
     "training_dataloaders",
+    "training_iterator",
+    "watch_training_data",
     "wrap_lightning_optimizer_step",
 ]
 
@@ -95,20 +102,6 @@ def _manual_progress(trainer: pl.Trainer) -> Any:
 def global_step(trainer: pl.Trainer) -> int:
     """``trainer.global_step`` in manual optimization, read directly from the tracker."""
     return int(_manual_progress(trainer).total.completed)
-
-
-def global_step_snapshot(trainer: pl.Trainer) -> tuple[int, int, int, int]:
-    """The manual-optimization step tracker as a tuple, to be put back by :func:`restore_global_step`."""
-    progress = _manual_progress(trainer)
-    total, current = progress.total, progress.current
-    return total.ready, total.completed, current.ready, current.completed
-
-
-def restore_global_step(trainer: pl.Trainer, snapshot: tuple[int, int, int, int]) -> None:
-    """Undo what Lightning added to the step tracker since ``snapshot`` was taken."""
-    progress = _manual_progress(trainer)
-    total, current = progress.total, progress.current
-    total.ready, total.completed, current.ready, current.completed = snapshot
 
 
 def set_global_step(trainer: pl.Trainer, value: int) -> None:

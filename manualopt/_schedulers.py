@@ -34,7 +34,25 @@ class SchedulerDriver:
     def __init__(self, session: FitSession) -> None:
         self.session = session
         self.positions: dict[int, int] = {id(c.scheduler): _position(c.scheduler) for _, c, _ in session.driven}
+        # schedulers that are the user's to step (a ReduceLROnPlateau without a monitor)
+        self._users = {id(record.unmonitored) for record in session.records if record.unmonitored is not None}
         self._warned: set[int] = set()
+
+    def _due(self) -> list[tuple[OptimizerRecord, Any]]:
+        """The configs to drive: manualopt's own, then those Lightning holds that it did not parse.
+
+        The second kind is installed after the fit started, by a tuner: the ``LearningRateFinder`` replaces the
+        schedulers with its own for its search. Each is driven like an interval scheduler of its optimizer.
+        """
+        due = [(record, config) for record, config, _ in self.session.driven]
+        known = self.positions.keys() | self._users
+        for config in self.session.trainer.lr_scheduler_configs:
+            if id(config.scheduler) in known or config.reduce_on_plateau:
+                continue
+            record = self.session.record_of(getattr(config.scheduler, "optimizer", None))
+            if record is not None:
+                due.append((record, config))
+        return due
 
     def update(self, interval: str, plateau: bool, batch_idx: int) -> None:
         """Step the schedulers due now, as automatic optimization does at the same call site.
@@ -55,8 +73,9 @@ class SchedulerDriver:
         epoch = trainer.current_epoch
         index = (batch_idx if interval == "step" else epoch) + 1
         last_call = session.calls - 1
-        for record, config, _ in session.driven:
-            self._notice_other_steps(record, config)
+        for record, config in self._due():
+            if id(config.scheduler) in self.positions:
+                self._notice_other_steps(record, config)
             if plateau != config.reduce_on_plateau or config.interval != interval or index % config.frequency:
                 continue
             updated = record.last_update_call == last_call if interval == "step" else record.last_update_epoch == epoch
@@ -80,7 +99,8 @@ class SchedulerDriver:
                     )
                     continue
             _lightning.step_scheduler(trainer, config.scheduler, metric)
-            self.positions[id(config.scheduler)] = _position(config.scheduler)
+            if id(config.scheduler) in self.positions:
+                self.positions[id(config.scheduler)] = _position(config.scheduler)
 
     def _notice_other_steps(self, record: OptimizerRecord, config: Any) -> None:
         # a driven scheduler whose position moved since manualopt stepped it was stepped by other code as well

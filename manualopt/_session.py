@@ -213,6 +213,10 @@ class FitSession:
                 if config in record.schedulers:
                     self.driven.append((record, config, record.schedulers.index(config)))
 
+    def record_of(self, optimizer: Any) -> OptimizerRecord | None:
+        """The record of ``optimizer`` (raw or wrapped), or None when it is not one of this fit's."""
+        return self._by_object.get(id(optimizer))
+
     @property
     def names(self) -> list[str]:
         """The optimizer names, in ``trainer.optimizers`` order."""
@@ -268,7 +272,7 @@ class FitSession:
             wrapper = _lightning.wrap_lightning_optimizer_step(record.lightning, trainer, self.inside, refusal, key)
             self._undo.append(wrapper)
         self._undo.append(_lightning.install_step_gate(trainer, self._batch_made_no_step, key))
-        if self.driven:  # without schedulers Lightning's own update returns at once in manual optimization
+        if self.records:  # also without schedulers of its own: a tuner may install some during the fit
             from manualopt._schedulers import SchedulerDriver
 
             driver = SchedulerDriver(self)

@@ -131,7 +131,7 @@ def test_a_lightning_optimizer_reused_by_a_second_trainer(tmp_path: Path) -> Non
     assert first.global_step == 10
 
 
-def test_a_trainer_and_its_callbacks_pickle_after_fit(tmp_path: Path) -> None:
+def test_the_trainers_callbacks_pickle_after_fit(tmp_path: Path) -> None:
     model = TwoNets()
     fit = trainer(tmp_path, max_epochs=1)
     fit.fit(model, loader())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import TwoNets, loader, trainer
 from lightning.fabric import Fabric
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
@@ -48,9 +49,17 @@ def test_a_strategy_that_replaces_the_optimizers_is_refused_before_the_first_bat
 
 
 def test_single_device_fit_adds_nothing_to_the_strategy(tmp_path: Path) -> None:
-    run = trainer(tmp_path)
+    seen: list[set[str]] = []
+
+    class Looks(Callback):  # while the fit runs, when the patches would be there
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            seen.append(set(vars(trainer.strategy)))
+
+    run = trainer(tmp_path, callbacks=[Looks()])
     run.fit(TwoNets(), loader())
-    assert not {"training_step", "optimizer_state", "load_checkpoint"} & set(vars(run.strategy))
+    assert seen
+    assert "process_dataloader" in seen[0]
+    assert not {"training_step", "optimizer_state", "load_checkpoint"} & set.union(*seen)
 
 
 class Regression(ManualOptimizationModule):
