@@ -41,11 +41,6 @@ class StepOptions:
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"
 
-    @property
-    def clips(self) -> bool:
-        """Whether gradients are clipped (a clip value of None or 0 does not clip)."""
-        return bool(self.gradient_clip_val)
-
     @classmethod
     def validated(
         cls, accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any, where: str
@@ -94,10 +89,6 @@ class Window:
     count: int = 0
     epoch: int = -1
     options: StepOptions = field(default_factory=StepOptions)
-
-    def open_in(self, epoch: int) -> int:
-        """Micro-batches gathered in ``epoch`` (0 when the window was opened in another epoch)."""
-        return self.count if self.epoch == epoch else 0
 
     def state_dict(self) -> list[Any]:
         """``[count, epoch, clip value, clip algorithm]``, for checkpoints."""

@@ -33,7 +33,7 @@ class SchedulerDriver:
 
     def __init__(self, session: FitSession) -> None:
         self.session = session
-        self.positions: dict[int, int] = {id(c.scheduler): _position(c.scheduler) for _, c, _ in session.driven}
+        self.positions: dict[int, int] = {id(c.scheduler): _position(c.scheduler) for _, c in session.driven}
         # schedulers that are the user's to step (a ReduceLROnPlateau without a monitor)
         self._users = {id(record.unmonitored) for record in session.records if record.unmonitored is not None}
         self._warned: set[int] = set()
@@ -44,7 +44,7 @@ class SchedulerDriver:
         The second kind is installed after the fit started, by a tuner: the ``LearningRateFinder`` replaces the
         schedulers with its own for its search. Each is driven like an interval scheduler of its optimizer.
         """
-        due = [(record, config) for record, config, _ in self.session.driven]
+        due = list(self.session.driven)
         known = self.positions.keys() | self._users
         for config in self.session.trainer.lr_scheduler_configs:
             if id(config.scheduler) in known or config.reduce_on_plateau:

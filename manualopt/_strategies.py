@@ -23,9 +23,8 @@ refused before this runs, when the fit's optimizers are read.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from manualopt._patching import patch_attribute
@@ -186,30 +185,13 @@ def _initialization_steps_allowed(strategy: Any, name: str, session: FitSession)
 
     @functools.wraps(inner)
     def method(*args: Any, **kwargs: Any) -> Any:
-        with _steps_are_not_updates(session):
+        # torch.distributed.checkpoint.state_dict creates the state of an optimizer that has none (so that the state
+        # has a layout to save or load into) by stepping it with zero gradients and a learning rate of 0; the weights
+        # stay as they are, and loading a checkpoint then replaces that state
+        with session.steps_are_not_updates():
             return inner(*args, **kwargs)
 
     return patch_attribute(strategy, name, method, session)
-
-
-@contextlib.contextmanager
-def _steps_are_not_updates(session: FitSession) -> Iterator[None]:
-    """Optimizer steps in the block are neither refused nor counted as updates, and move no ``EMA``.
-
-    ``torch.distributed.checkpoint.state_dict`` creates the state of an optimizer that has none (so that the state
-    has a layout to save or load into) by stepping it with zero gradients and a learning rate of 0; the weights stay
-    as they are. Loading a checkpoint then replaces that state.
-    """
-    kept = [(record, record.updates, record.averages) for record in session.records]
-    undo = patch_attribute(session, "inside", lambda: True, _steps_are_not_updates)
-    for record in session.records:
-        record.averages = []
-    try:
-        yield
-    finally:
-        undo()
-        for record, updates, averages in kept:
-            record.updates, record.averages = updates, averages
 
 
 # ---------------------------------------------------------------------------------------------------------- types

@@ -22,6 +22,7 @@ from manualopt import _lightning, _stepping
 from manualopt._callback import ManualOptimizationCallback
 from manualopt._guard import attached_trainer, refuse, refusing_steps_of
 from manualopt._optimizers import configure
+from manualopt._session import LINK_KEY as _LINK
 from manualopt._session import SPAWN_RESULT_KEY, FitSession, ModuleLink, components, link_of, session_of
 from manualopt.errors import (
     InvalidArgumentError,
@@ -34,7 +35,6 @@ __all__ = ["ManualOptimizationModule"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _WRAPPED = "__manualopt_wrapped__"
-_LINK = "_manualopt_link"
 
 
 class ManualOptimizationModule(LightningModule):

@@ -235,7 +235,7 @@ def checkpoint_entry_sizes(path: Path) -> dict[str, Any]:
         "entry": size(entry),
         "per_rank": [size(part) for part in entry["resume"]],
         "per_rank_rng": [size(part["rng"]) for part in entry["resume"]],
-        "per_rank_orders": [size(part["orders"]) for part in entry["resume"]],
+        "per_rank_epoch": [size(part["plan"]) for part in entry["resume"]],
     }
 
 

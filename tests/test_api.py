@@ -73,18 +73,6 @@ def test_bad_constructor_and_setter_arguments_are_value_errors(build: Any) -> No
     assert isinstance(error.value, ValueError)
 
 
-def test_plateau_without_monitor_is_refused_when_fit_starts(tmp_path: Path) -> None:
-    class NoMonitor(TwoNets):
-        def configure_optimizers(self) -> Any:
-            opt = torch.optim.SGD(self.parameters(), lr=0.1)
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt)}
-
-    model = NoMonitor()
-    with pytest.raises(OptimizerConfigurationError, match=r"configure_optimizers: .*must include a monitor"):
-        trainer(tmp_path, max_epochs=1).fit(model, loader())
-    assert model.training_step_calls == 0
-
-
 def test_a_scheduler_of_an_optimizer_that_was_not_returned_is_named(tmp_path: Path) -> None:
     class Stray(TwoNets):
         def configure_optimizers(self) -> Any:

@@ -51,6 +51,8 @@ def _cells() -> list[tuple[int, str]]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("processes", "data"), _cells(), ids=[f"{p}proc-{d}" for p, d in _cells()])
 def test_every_resume_point_resumes_bitwise(tmp_path: Path, processes: int, data: str) -> None:
+    if not _lightning.resumes_loops_exactly() and (processes, data) not in ((1, "shuffle"), (2, "distributed")):
+        pytest.skip("before Lightning 2.6 every resume only says it is not exact: two cells check that it does")
     if data == "stateful":
         pytest.importorskip("torchdata")
     outcomes: dict[str, list[str]] = {}
