@@ -83,8 +83,8 @@ class ManualOptimizationCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Convert the counters of a resumed checkpoint written without manualopt (its loops are restored by now)."""
         session = self._session(pl_module)
-        if session is not None and session.converting:
-            session.convert_counters()
+        if session is not None and session.entry.converting:
+            session.entry.convert_counters()
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -23,9 +23,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 
 from manualopt import _lightning, _strategies
+from manualopt._checkpoint_entry import CHECKPOINT_KEY, CheckpointEntry
 from manualopt._exact_resume import ExactResume
 from manualopt._guard import refuse
-from manualopt._optimizers import Configured, OptimizerRecord, Window, validated_policy
+from manualopt._optimizers import Configured, OptimizerRecord, validated_policy
 from manualopt._stepping import check_deferred_non_finite, check_gradients
 from manualopt.errors import ManualOptimizationWarning, OptimizerConfigurationError, UnknownOptimizerError
 
@@ -50,12 +51,8 @@ __all__ = [
     "session_of",
 ]
 
-#: Key of manualopt's entry in a checkpoint dictionary.
-CHECKPOINT_KEY = "manualopt"
 #: Key under which a ``ddp_spawn`` worker sends the fit's counters back, in the module's ``state_dict``.
 SPAWN_RESULT_KEY = "_manualopt_fit_result"
-#: Version of that entry: 1 (manualopt 0.1) had per-schedule positions and windows without their clipping.
-CHECKPOINT_FORMAT = 2
 #: The module attribute (in its ``__dict__``) that holds its :class:`ModuleLink`.
 LINK_KEY = _LINK = "_manualopt_link"
 #: After this many ``training_step`` calls (or the first epoch, if shorter) without any update, a warning says so.
@@ -163,12 +160,12 @@ class FitSession:
         self._not_updates = False  # inside steps_are_not_updates()
         self.custom_clipping = type(module).configure_gradient_clipping is not _base_clipping()
         self._idle_check_at = IDLE_CALLS  # training_step calls without any update before a warning (0: checked)
-        self.converting = False  # whether a checkpoint written without manualopt awaits counter conversion
         self.defers_checks = False  # whether non-finite flags are read only at check points (updates on a GPU)
         self.exact_resume = bool(getattr(module, "exact_resume", True))
         self.epoch_calls = 0  # training_step calls in the current epoch
         self._calls_epoch = -1
         self.exact = ExactResume(trainer) if self.exact_resume else None
+        self.entry = CheckpointEntry(self)  # manualopt's entry of the fit's checkpoints
         self._check_every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self.non_finite = validated_policy(
             getattr(module, "non_finite", "error"), f"`{type(module).__name__}.non_finite`"
@@ -467,6 +464,10 @@ class FitSession:
         if self.defers_checks and not self.calls % self._check_every:
             check_deferred_non_finite(self, "at a logging step")
 
+    def calls_this_epoch(self) -> int:
+        """The ``training_step`` calls made in the current epoch."""
+        return self.epoch_calls if self._calls_epoch == self.trainer.current_epoch else 0
+
     def _warn_if_idle(self) -> None:
         self._idle_check_at = 0  # once per fit
         if not self.records or any(record.updates for record in self.records):
@@ -482,193 +483,16 @@ class FitSession:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Manualopt's entry of a checkpoint: names, counters, open accumulation windows."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "optimizer_names": self.names,
-            "optimizer_updates": {record.name: record.updates for record in self.records},
-            "batch_stepped": self.batch_stepped,
-            "training_step_calls": self.calls,
-            "accumulation_windows": {
-                record.name: record.window.state_dict() for record in self.records if record.window.count
-            },
-            "skipped_updates": {record.name: record.skipped for record in self.records},
-            "epoch_calls": self.epoch_calls if self._calls_epoch == self.trainer.current_epoch else 0,
-            "resume": self._resume_state() if self.exact_resume else None,
-        }
-
-    def _resume_state(self) -> list[dict[str, Any]] | None:
-        """Every rank's part of exact resume, on rank 0 (None on the others, which write no checkpoint).
-
-        Each part: the generators' states and the epoch under way (:class:`ExactResume`), and the gradients of
-        accumulation windows open now, on the CPU.
-        """
-        assert self.exact is not None
-        state = {
-            **self.exact.state_dict(),
-            "windows": {
-                record.name: [None if p.grad is None else p.grad.detach().cpu() for p in record.parameters()]
-                for record in self.records
-                if record.window.count
-            },
-        }
-        return _gather_to_writer(state)
-
-    def _load_resume_state(self, states: list[dict[str, Any]] | None) -> None:
-        exact = self.exact
-        if exact is None:
-            return
-        if not states:
-            exact.inexact("the checkpoint holds no generator states (it was written with exact resume off)")
-            return
-        loops_exact = _lightning.resumes_loops_exactly()
-        if not loops_exact:
-            from lightning import __version__
-
-            major, minor = _lightning.EXACT_RESUME_FROM
-            exact.inexact(
-                f"Lightning {__version__} may train the batch the checkpoint was saved after once more when it"
-                f" resumes inside an epoch; exact resume inside an epoch is tested from Lightning {major}.{minor}"
-            )
-        rank, world = _rank()
-        if len(states) != world:
-            exact.inexact(f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}")
-            return
-        state = states[rank]
-        if "rng" not in state:  # written by manualopt 0.2: per-loader orders of another shape
-            exact.inexact("the checkpoint was written by an older manualopt, whose data order this one cannot align")
-            return
-        exact.load(state, loops_exact)
-        windows = state.get("windows", {})
-        for record in self.records:
-            gradients = windows.get(record.name)
-            if gradients is not None:
-                record.restore_gradients(gradients)  # the open window goes on from the gradients it had
-        if world > 1 and windows:  # measured (tests/test_resume.py): the weights then differ from the uninterrupted run
-            exact.inexact("an accumulation window was open at the checkpoint under several processes")
+        """Manualopt's entry of a checkpoint (see :class:`~manualopt._checkpoint_entry.CheckpointEntry`)."""
+        return self.entry.state_dict()
 
     def accept_checkpoint(self, checkpoint: Any) -> None:
-        """Check a checkpoint being resumed against this fit, before its weights are loaded, and take its counters.
-
-        A checkpoint written without manualopt (stock manual or automatic optimization) is accepted; its counters are
-        converted once Lightning restored its loops (:meth:`convert_counters`).
+        """Check a checkpoint being resumed against this fit and take its counters (see ``CheckpointEntry.accept``).
 
         Raises:
-            OptimizerConfigurationError: The checkpoint holds another number of optimizers, was written for other
-                optimizer names or order, or by a newer manualopt. Nothing was loaded.
+            OptimizerConfigurationError: The checkpoint does not fit this fit's optimizers. Nothing was loaded.
         """
-        states = checkpoint.get("optimizer_states")
-        if self.records and states is not None and len(states) != len(self.records):
-            entry = checkpoint.get(CHECKPOINT_KEY)
-            saved = entry.get("optimizer_names") if isinstance(entry, dict) else None
-            held = f" ({list(saved)})" if saved else " (unnamed: it was written without manualopt)"
-            raise OptimizerConfigurationError(
-                f"The checkpoint being resumed holds the state of {len(states)} optimizer(s){held} but"
-                f" `configure_optimizers` now returns {len(self.records)} ({self.names}). Nothing was loaded: the"
-                " module's weights are as they were. Resume with the same optimizers, or start a new run without"
-                " `ckpt_path`."
-            )
-        entry = checkpoint.get(CHECKPOINT_KEY)
-        if entry is None:
-            self.converting = True
-        else:
-            self.load_state_dict(entry)
-
-    def convert_counters(self) -> None:
-        """Turn the step counts of a checkpoint written without manualopt into training steps and updates.
-
-        Called after Lightning restored the loops and the optimizers' states. A checkpoint of automatic optimization
-        counts optimizer steps, which are its training steps and the updates of its one optimizer. One of stock manual
-        optimization counts every optimizer call; its training steps are the batches that stepped, and each
-        optimizer's updates are read from its state where the optimizer keeps a step count (Adam does, plain SGD does
-        not: then its count starts at 0).
-        """
-        self.converting = False
-        automatic, manual, batches = _lightning.restored_step_counts(self.trainer)
-        if automatic:
-            steps, source = automatic, "automatic optimization"
-            for record in self.records:
-                record.updates = automatic
-        elif manual:
-            steps, source = batches, "stock manual optimization"
-            for record in self.records:
-                record.updates = _step_count(record.optimizer)
-        else:
-            return
-        _lightning.set_global_step(self.trainer, steps)
-        self.calls = batches
-        updates = {record.name: record.updates for record in self.records}
-        unknown = [name for name, count in updates.items() if not count]
-        note = f" ({unknown} keep no step count in their state: counted from 0)" if unknown else ""
-        rank_zero_warn(
-            f"The checkpoint being resumed was written by {source}, without manualopt's counters: `global_step`"
-            f" continues from {steps} training steps, and the updates per optimizer are {updates}{note}.",
-            category=ManualOptimizationWarning,
-        )
-
-    def load_state_dict(self, entry: dict[str, Any]) -> None:
-        """Continue from a checkpoint's entry.
-
-        Raises:
-            OptimizerConfigurationError: The checkpoint was written for other optimizer names or order, or by a
-                newer manualopt.
-        """
-        version = entry.get("format")
-        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT:
-            raise OptimizerConfigurationError(
-                f"The checkpoint being resumed holds a manualopt entry of format {version!r}, which this manualopt"
-                f" does not know (it reads formats 1 to {CHECKPOINT_FORMAT}); it was probably written by a newer"
-                " release. Upgrade manualopt to resume it."
-            )
-        names = list(entry.get("optimizer_names", []))
-        if names != self.names:
-            raise OptimizerConfigurationError(
-                f"The checkpoint being resumed was written with the optimizers {names} but `configure_optimizers`"
-                f" now returns {self.names}. Resume with the same optimizer names and order, or start a new run"
-                " without `ckpt_path`."
-            )
-        updates = entry.get("optimizer_updates", {})
-        windows = entry.get("accumulation_windows", {})
-        skipped = entry.get("skipped_updates", {})
-        for record in self.records:
-            record.updates = int(updates.get(record.name, 0))
-            record.skipped = int(skipped.get(record.name, 0))
-            # An accumulation window open at the checkpoint goes on counting its micro-batches (their gradients, as
-            # in automatic optimization, are not in the checkpoint), so the resumed run steps on the same batches.
-            record.window = Window.from_state(windows[record.name]) if record.name in windows else Window()
-        self.batch_stepped = bool(entry.get("batch_stepped", True))
-        self.epoch_calls = int(entry.get("epoch_calls", 0))
-        self._load_resume_state(entry.get("resume"))
-        if version == 1:  # positions were kept per schedule, all equal to the training_step calls
-            positions = [int(state["position"]) for state in entry.get("schedules", {}).values()]
-            self.calls = positions[0] if positions else 0
-        else:
-            self.calls = int(entry.get("training_step_calls", 0))
-
-
-def _gather_to_writer(state: dict[str, Any]) -> list[dict[str, Any]] | None:
-    # every rank's part, in rank order, on rank 0 (which writes the checkpoint); every rank takes part in the gather
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [state]
-    rank = dist.get_rank()
-    gathered: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(state, gathered, dst=0)
-    return gathered
-
-
-def _rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _step_count(optimizer: Optimizer) -> int:
-    steps = [state["step"] for state in optimizer.state.values() if isinstance(state, dict) and "step" in state]
-    return int(max(float(step) for step in steps)) if steps else 0
+        self.entry.accept(checkpoint)
 
 
 def _base_clipping() -> Any:
