@@ -9,6 +9,7 @@ default GAN project runs to the end.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import itertools
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -296,10 +298,57 @@ def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Pat
     assert list((project / "runs" / "version_0" / "samples").glob(f"*step={batches}.png"))
 
 
-@pytest.mark.timeout(600)
+# The 2-process runs stop here when they hang: their whole process group is killed (the DDP launcher's children too).
+DDP_LIMIT = 240
+# Per process: the epochs and batches of a 2-process run, and the periods it is shrunk to (in epochs and steps), so
+# that every periodic action fires at least once: sample grids, periodic and end-of-run checkpoints, validation.
+DDP_EPOCHS, DDP_BATCHES, DDP_EVERY_N_EPOCHS, DDP_EVERY_N_STEPS = 4, 2, 2, 4
+
+
+def run_in_own_group(
+    command: list[str], cwd: Path, env: dict[str, str], limit: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in a session of its own; past ``limit`` seconds, kill its whole process group and fail.
+
+    The DDP launcher's other processes inherit the output pipes, so the output ends only when every process has ended:
+    a process that hangs, the launcher's or another, runs into the limit.
+    """
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not end: killed\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def shrunk_config(project: Path) -> Path:
+    """The project's ``configs/train.yaml`` with its periods shrunk to ``DDP_EVERY_N_*`` (the callbacks unchanged)."""
+    config = yaml.safe_load((project / "configs" / "train.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        arguments = callback.get("init_args", {})
+        for key, value in (("every_n_train_steps", DDP_EVERY_N_STEPS), ("every_n_epochs", DDP_EVERY_N_EPOCHS)):
+            if arguments.get(key):
+                arguments[key] = min(arguments[key], value)
+    path = project / "configs" / "short.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.timeout(2 * DDP_LIMIT + 60)
 @pytest.mark.parametrize("template", ["gan", "general"])
 def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: str) -> None:
-    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains the default project, one training step per batch.
+    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains the default project to its end, one step per batch.
+
+    The run is long enough for every periodic action to fire (sample grids, periodic checkpoints, last.ckpt at each
+    epoch end, validation, the end-of-run report): under DDP each of them must reach every collective call on every
+    process, or the run waits for ever.
 
     Without its ``ddp_find_unused_parameters_true`` Lightning's DDP stops at the first batch (each ``manual_step``'s
     backward pass reaches one network only); the second half checks that the config is what makes the difference.
@@ -307,18 +356,43 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
     project = bake(template, tmp_path, {})
     package = package_folder(project).name
     env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
-    command = [sys.executable, "-m", package, "fit", "--config", "configs/train.yaml"]
-    two_processes = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3"]
+    command = [sys.executable, "-m", package, "fit", "--config", str(shrunk_config(project))]
+    two_processes = [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        f"--trainer.max_epochs={DDP_EPOCHS}",
+        f"--trainer.limit_train_batches={DDP_BATCHES}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=1",
+    ]
     with_config = [*command, "--config", "configs/multi_gpu.yaml", *two_processes]
-    result = subprocess.run(with_config, cwd=project, env=env, capture_output=True, text=True, timeout=500)
+    result = run_in_own_group(with_config, project, env, DDP_LIMIT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    steps = DDP_EPOCHS * DDP_BATCHES
+    assert f"global_step: {steps} " in result.stdout  # the end-of-run report, once
+    assert result.stdout.count("global_step: ") == 1
     import torch
 
-    checkpoint = torch.load(project / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == 3
+    checkpoints = project / "runs" / "checkpoints"
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == steps
+    if template == "gan":
+        periodic = sorted(path.name for path in checkpoints.glob("epoch=*.ckpt"))
+        expected = [f"step={step}.ckpt" for step in range(DDP_EVERY_N_STEPS, steps + 1, DDP_EVERY_N_STEPS)]
+        assert [name.split("-")[-1] for name in periodic] == expected
+        grids = sorted((project / "runs" / "version_0" / "samples").glob("*.png"))
+        epochs = range(DDP_EVERY_N_EPOCHS, DDP_EPOCHS + 1, DDP_EVERY_N_EPOCHS)
+        assert [path.name for path in grids] == [
+            f"epoch={epoch - 1:03d}-step={epoch * DDP_BATCHES}.png" for epoch in epochs
+        ]
+        assert f"sample grids: {len(grids)}" in result.stdout
+    else:
+        assert "val_loss: " in result.stdout
+        assert list(checkpoints.glob("epoch=*.ckpt"))  # the best by val_loss
+    assert not (project / "runs" / "version_1").exists()  # one logger folder: process 0 writes
 
     without = [*command, "--trainer.strategy=ddp", *two_processes, "--trainer.default_root_dir=runs-ddp"]
-    result = subprocess.run(without, cwd=project, env=env, capture_output=True, text=True, timeout=500)
+    result = run_in_own_group(without, project, env, DDP_LIMIT)
     assert result.returncode != 0
     assert "ddp_find_unused_parameters_true" in result.stdout + result.stderr  # manualopt's explanation names it
 
