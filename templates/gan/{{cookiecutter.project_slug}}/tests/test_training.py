@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
 from manualopt import StepOutsideTrainingStepError
 {%- if cookiecutter.logger == 'tensorboard' %}
@@ -58,7 +59,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def fit(*args: str) -> LightningCLI:
+def fit(*args: str, config: Path = CONFIG) -> LightningCLI:
     """``fit`` with the project's config, shrunk to one epoch of ``BATCHES`` batches; ``args`` come last and win."""
     small = [
         "--trainer.max_epochs=1",
@@ -73,7 +74,7 @@ def fit(*args: str) -> LightningCLI:
         f"--data.batch_size={BATCH_SIZE}",
 {%- endif %}
     ]
-    return run(["fit", "--config", str(CONFIG), *small, *args])
+    return run(["fit", "--config", str(config), *small, *args])
 
 
 def logged_steps(log_folder: Path) -> list[int]:
@@ -116,6 +117,23 @@ def test_resumes_from_last_checkpoint(workdir: Path) -> None:
     assert resumed.trainer.global_step == 2 * BATCHES
     assert dict(resumed.model.optimizer_updates) == UPDATES_AFTER_RESUME
     assert logged_steps(workdir / "runs" / "version_1") == list(range(BATCHES, 2 * BATCHES))
+
+
+def test_last_checkpoint_is_the_end_of_a_complete_run(workdir: Path) -> None:
+    """``last.ckpt`` holds the final step, also when a periodic checkpoint was the last one written before the end."""
+    config = yaml.safe_load(CONFIG.read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback.get("init_args", {}).get("every_n_train_steps"):
+            callback["init_args"]["every_n_train_steps"] = BATCHES + 1  # one periodic checkpoint, before the end
+    (workdir / "periodic.yaml").write_text(yaml.safe_dump(config))
+    cli = fit("--trainer.max_epochs=2", config=workdir / "periodic.yaml")
+    assert cli.trainer.global_step == 2 * BATCHES
+    assert list((workdir / "runs" / "checkpoints").glob(f"*step={BATCHES + 1}.ckpt"))
+    checkpoint = torch.load(workdir / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == cli.trainer.global_step
+    again = fit("--trainer.max_epochs=2", "--ckpt_path=last", config=workdir / "periodic.yaml")
+    assert again.trainer.global_step == 2 * BATCHES  # nothing trained again
+    assert dict(again.model.optimizer_updates) == dict(cli.model.optimizer_updates)
 
 
 class StepInTheWrongHook(GAN):

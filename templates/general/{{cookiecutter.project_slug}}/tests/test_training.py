@@ -135,6 +135,17 @@ def test_resumes_from_last_checkpoint(workdir: Path) -> None:
     assert dict(resumed.model.optimizer_updates) == dict.fromkeys(PARTS, 2 * BATCHES)
 
 
+def test_last_checkpoint_is_the_end_of_a_complete_run(workdir: Path) -> None:
+    """``last.ckpt`` holds the final step, also when the last epoch was not validated."""
+    cli = fit("--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2")  # validated after epoch 2 only
+    assert cli.trainer.global_step == 3 * BATCHES
+    checkpoint = torch.load(workdir / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == cli.trainer.global_step
+    again = fit("--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2", "--ckpt_path=last")
+    assert again.trainer.global_step == 3 * BATCHES  # nothing trained again
+    assert dict(again.model.optimizer_updates) == dict(cli.model.optimizer_updates)
+
+
 def test_the_model_learns(workdir: Path) -> None:
     data = RegressionData()
     model = Model()
