@@ -59,3 +59,23 @@ def test_results_quick_mode(tmp_path: Path, capsys: Any) -> None:
     again = results.main(["--quick", "--recipes", "ring_gaussians", "--out", str(tmp_path), "--no-new-runs"])
     assert "reused" in capsys.readouterr().out  # tabulated from the finished run, nothing started
     assert again["ring_gaussians"][0].cpu_seconds == runs["ring_gaussians"][0].cpu_seconds
+
+
+def test_the_standard_progress_switch_works_in_the_recipes(tmp_path: Path, capsys: Any) -> None:
+    """``--trainer.enable_progress_bar false`` turns the recipes' progress lines off; by default they are on."""
+    from lightning.pytorch.callbacks import ProgressBar
+    from recipe_helpers import SMALL, fit
+
+    from examples.progress import RecipeProgressBar
+
+    quiet = fit(
+        "ring_gaussians", tmp_path / "quiet", "--trainer.max_epochs=1", *SMALL, "--trainer.enable_progress_bar=false"
+    )
+    assert quiet.trainer.global_step == 3
+    assert not [callback for callback in quiet.trainer.callbacks if isinstance(callback, ProgressBar)]
+    assert "epoch 1/1" not in capsys.readouterr().out
+
+    shown = fit("ring_gaussians", tmp_path / "shown", "--trainer.max_epochs=1", *SMALL)
+    bars = [callback for callback in shown.trainer.callbacks if isinstance(callback, ProgressBar)]
+    assert [type(bar) for bar in bars] == [RecipeProgressBar]
+    assert "epoch 1/1  step 3" in capsys.readouterr().out
