@@ -10,6 +10,9 @@ writes the project::
     python -m manualopt new gan
 
 It needs cookiecutter: ``pip install 'manualopt[templates]'``.
+
+This module imports neither Lightning nor torch (only the standard library, and cookiecutter when a project is made),
+so that ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -217,9 +220,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def _version() -> str:
-    from manualopt import __version__
-
-    return __version__
+    """The version of manualopt, without importing the package (and with it Lightning) when it is not imported yet."""
+    version = getattr(sys.modules.get("manualopt"), "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return metadata.version("manualopt")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

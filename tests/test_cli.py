@@ -123,3 +123,44 @@ def test_a_non_index_installation_is_pointed_out(
     assert _cli.main(["new", "general", "--no-input", "-o", str(tmp_path / "b"), "manualopt_requirement=../m"]) == 0
     assert "MANUALOPT=" not in capsys.readouterr().out
     assert "MANUALOPT ?= ../m\n" in (tmp_path / "b" / "two-part-model" / "Makefile").read_text()
+
+
+STANDALONE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("standalone_cli", {path!r})
+cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cli)
+for argv in (["--version"], ["--help"], ["new", "--help"], ["new", "--list"]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+print("HEAVY", sorted(name for name in ("lightning", "torch") if name in sys.modules))
+"""
+
+
+def test_the_command_module_imports_neither_lightning_nor_torch() -> None:
+    """``manualopt/_cli.py`` answers ``--version``, ``--help`` and ``new --list`` with the standard library alone."""
+    code = STANDALONE.format(path=str(ROOT / "manualopt" / "_cli.py"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    assert "usage: manualopt" in result.stdout
+    assert "gan: A GAN project" in result.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="manualopt/__init__.py imports the module, and with it Lightning, before manualopt._cli runs",
+)
+def test_version_and_help_do_not_import_lightning() -> None:
+    """``manualopt --version`` and ``--help`` (the console script's module) leave Lightning unimported."""
+    code = (
+        "import sys\nfrom manualopt._cli import main\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('lightning imported:', 'lightning' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "lightning imported: False" in result.stdout
