@@ -174,6 +174,9 @@ def test_every_combination_bakes_a_complete_project(
     assert config["trainer"]["logger"]["class_path"].endswith(
         {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[answers["logger"]]
     )
+    if answers.get("data") == "image-folder":  # an epoch of the demo pictures logs at least once: no warning
+        demo_pictures = 600  # shapes.write_shapes' default count, what `make train` writes
+        assert config["trainer"]["log_every_n_steps"] <= demo_pictures // config["data"]["batch_size"]
     yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
     multi_gpu = yaml.safe_load((project / "configs" / "multi_gpu.yaml").read_text())
     assert multi_gpu == {"trainer": {"strategy": "ddp_find_unused_parameters_true", "devices": "auto"}}
@@ -278,6 +281,12 @@ def test_the_rest_of_the_cross_product_passes_its_own_tests(tmp_path: Path) -> N
     assert passed(result) >= 5 * len(projects)
 
 
+# Notices a baked run keeps out of its console (cli.py's quiet_console, the configs): Lightning's tip about its cloud
+# logger, a deprecation inside Lightning, the checkpoint folder that every run shares on purpose, a logging interval
+# longer than an epoch.
+QUIETED = ("litlogger", "LeafSpec", "exists and is not empty", "smaller than the logging interval")
+
+
 def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Path) -> None:
     """The README's train command, shrunk to 2 epochs: ``python -m <package> fit --config configs/train.yaml``."""
     from sklearn.datasets import load_digits
@@ -296,6 +305,21 @@ def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Pat
     checkpoint = torch.load(project / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == batches
     assert list((project / "runs" / "version_0" / "samples").glob(f"*step={batches}.png"))
+
+    # the README's resume, one epoch more: the console holds no notice that the user cannot act on
+    resumed = subprocess.run(
+        [*command[:-1], "--trainer.max_epochs=3", "--ckpt_path=last"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert f"global_step: {batches // 2 * 3} " in resumed.stdout
+    console = result.stdout + result.stderr + resumed.stdout + resumed.stderr
+    for notice in QUIETED:
+        assert notice not in console
 
 
 # The 2-process runs stop here when they hang: their whole process group is killed (the DDP launcher's children too).

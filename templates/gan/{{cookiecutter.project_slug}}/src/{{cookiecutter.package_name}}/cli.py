@@ -11,10 +11,12 @@ a run with ``--ckpt_path last``.
 
 from __future__ import annotations
 
+import logging
 {% if cookiecutter.data != 'digits' -%}
 import sys
-
 {% endif -%}
+import warnings
+
 import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -32,11 +34,32 @@ class GANCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
 
+class _WithoutAdverts(logging.Filter):
+    """Leaves out Lightning's tip about its cloud logger, printed at the start of every run (Lightning 2.6)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_WITHOUT_ADVERTS = _WithoutAdverts()
+
+
+def quiet_console() -> None:
+    """Keep out of the console the notices that a user of this project cannot act on; the rest still shows."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_WITHOUT_ADVERTS)
+    # Lightning's own use of a PyTorch utility that PyTorch deprecates
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # every run checkpoints into runs/checkpoints on purpose, so that --ckpt_path last finds the last run's last.ckpt
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
 def run(args: ArgsType = None) -> GANCLI:
     """Run the command line with ``args`` (default: ``sys.argv``) and return it, with its ``trainer`` and ``model``.
 
     After ``fit`` it prints where the run's step count, checkpoints and sample grids are.
     """
+    quiet_console()
     cli = GANCLI(GAN, {{ data_class }}, args=args, save_config_kwargs={"overwrite": True})
     if cli.subcommand != "fit":
         return cli
