@@ -421,6 +421,50 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
     assert "ddp_find_unused_parameters_true" in result.stdout + result.stderr  # manualopt's explanation names it
 
 
+def make_dry_run(project: Path, *arguments: str, **variables: str) -> str:
+    """The commands ``make -n`` prints, outside any virtual environment unless ``VIRTUAL_ENV`` is given."""
+    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "CPU", "VENV")}
+    command = ["make", "-n", *arguments]
+    result = subprocess.run(command, cwd=project, env={**env, **variables}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("template", ["gan", "general"])
+def test_the_makefile_tests_lints_and_installs_where_it_is_asked_to(tmp_path: Path, template: str) -> None:
+    """``make test`` runs the tests only; ``make lint`` runs ruff; ``make`` installs into the environment in use.
+
+    Outside an environment it creates .venv; inside one (``VIRTUAL_ENV``) it installs there and makes none of its own;
+    ``CPU=1`` installs PyTorch's CPU build; ``make clean`` removes only what the project made.
+    """
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = bake(template, tmp_path, {})
+    package = package_folder(project).name
+    (project / ".venv").mkdir()
+    (project / ".venv" / f".installed-{package}").touch()  # installed: the targets' own commands only
+    test = make_dry_run(project, "test")
+    assert ".venv/bin/python -m pytest" in test
+    assert "ruff" not in test
+    lint = make_dry_run(project, "lint")
+    assert ".venv/bin/ruff check ." in lint
+    assert "pytest" not in lint
+
+    own = tmp_path / "environment"
+    install = make_dry_run(project, "install", VIRTUAL_ENV=str(own))
+    assert f"{own}/bin/python -m pip install torch" in install
+    assert "download.pytorch.org" not in install
+    assert ".venv" not in install
+    assert f"touch {own}/.installed-{package}" in install
+    cpu = make_dry_run(project, "install", "CPU=1", VIRTUAL_ENV=str(own))
+    assert f"{own}/bin/python -m pip install torch --index-url https://download.pytorch.org/whl/cpu" in cpu
+    clean = make_dry_run(project, "clean", VIRTUAL_ENV=str(own))
+    assert f"rm -rf {own}" not in clean
+    assert "rm -rf .venv " in clean
+    fresh = make_dry_run(project, "install", "VENV=fresh")
+    assert "python3 -m venv fresh" in fresh
+
+
 BAD_NAMES = [
     (
         {"project_name": "My GAN", "package_name": "my gan"},
