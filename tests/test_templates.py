@@ -366,20 +366,22 @@ def shrunk_config(project: Path) -> Path:
 
 
 @pytest.mark.timeout(2 * DDP_LIMIT + 60)
-@pytest.mark.parametrize("template", ["gan", "general"])
-def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: str) -> None:
-    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains the default project to its end, one step per batch.
+@pytest.mark.parametrize(("template", "answers"), COVERING, ids=[combination_id(t, a) for t, a in COVERING])
+def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: str, answers: dict[str, Any]) -> None:
+    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains each bake of the covering set to its end.
 
     The run is long enough for every periodic action to fire (sample grids, periodic checkpoints, last.ckpt at each
     epoch end, validation, the end-of-run report): under DDP each of them must reach every collective call on every
     process, or the run waits for ever.
 
     Without its ``ddp_find_unused_parameters_true`` Lightning's DDP stops at the first batch (each ``manual_step``'s
-    backward pass reaches one network only); the second half checks that the config is what makes the difference.
+    backward pass reaches one network only); the second half, for the defaults, checks that the config is what makes
+    the difference.
     """
-    project = bake(template, tmp_path, {})
+    project = bake(template, tmp_path, answers)
     package = package_folder(project).name
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
+    # the manualopt under test, as in this process
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": os.pathsep.join([str(project / "src"), str(ROOT)])}
     command = [sys.executable, "-m", package, "fit", "--config", str(shrunk_config(project))]
     two_processes = [
         "--trainer.accelerator=cpu",
@@ -389,6 +391,18 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
         "--trainer.limit_val_batches=1",
         "--trainer.log_every_n_steps=1",
     ]
+    if answers.get("data") == "image-folder":  # a few small batches per process
+        batch_size = 8
+        shapes = [
+            sys.executable,
+            "-m",
+            f"{package}.shapes",
+            "data/images",
+            "--count",
+            str(2 * batch_size * DDP_BATCHES),
+        ]
+        subprocess.run(shapes, cwd=project, env=env, check=True, capture_output=True, timeout=300)
+        two_processes.append(f"--data.batch_size={batch_size}")
     with_config = [*command, "--config", "configs/multi_gpu.yaml", *two_processes]
     result = run_in_own_group(with_config, project, env, DDP_LIMIT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -410,15 +424,20 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
             f"epoch={epoch - 1:03d}-step={epoch * DDP_BATCHES}.png" for epoch in epochs
         ]
         assert f"sample grids: {len(grids)}" in result.stdout
+        if answers.get("logger") == "tensorboard":
+            assert list((project / "runs" / "version_0").glob("events.out.tfevents.*"))
     else:
         assert "val_loss: " in result.stdout
         assert list(checkpoints.glob("epoch=*.ckpt"))  # the best by val_loss
     assert not (project / "runs" / "version_1").exists()  # one logger folder: process 0 writes
+    if answers:
+        return
 
     without = [*command, "--trainer.strategy=ddp", *two_processes, "--trainer.default_root_dir=runs-ddp"]
     result = run_in_own_group(without, project, env, DDP_LIMIT)
     assert result.returncode != 0
-    assert "ddp_find_unused_parameters_true" in result.stdout + result.stderr  # manualopt's explanation names it
+    output = result.stdout + result.stderr
+    assert "ddp_find_unused_parameters_true" in output, output[-6000:]  # manualopt's explanation names it
 
 
 def make_dry_run(project: Path, *arguments: str, **variables: str) -> str:
