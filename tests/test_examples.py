@@ -79,3 +79,14 @@ def test_the_standard_progress_switch_works_in_the_recipes(tmp_path: Path, capsy
     bars = [callback for callback in shown.trainer.callbacks if isinstance(callback, ProgressBar)]
     assert [type(bar) for bar in bars] == [RecipeProgressBar]
     assert "epoch 1/1  step 3" in capsys.readouterr().out
+
+
+def test_last_checkpoint_is_the_end_of_a_run_whose_last_epoch_is_not_validated(tmp_path: Path) -> None:
+    """``last.ckpt`` is written at every epoch end, validated or not: after the run it holds the final step."""
+    import torch
+    from recipe_helpers import fit
+
+    options = ("--trainer.limit_train_batches=3", "--trainer.check_val_every_n_epoch=2", "--trainer.max_epochs=3")
+    run = fit("ring_gaussians", tmp_path, *options)
+    assert run.trainer.global_step == 9
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
