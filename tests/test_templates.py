@@ -216,10 +216,15 @@ def test_every_baked_package_imports(
         assert [f'self.manual_step("{name}"' in source for name in names] == [True] * len(names)
 
 
+def python_path(*folders: str) -> str:
+    """``folders``, then this process's own ``PYTHONPATH``: a subprocess imports what this one does, manualopt too."""
+    return os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def run_suite(project: Path, *tests: Path, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The project's own tests, in this environment, from its source folder (nothing installed)."""
     sources = os.pathsep.join(str(path.parents[1] / "src") for path in tests) if tests else str(project / "src")
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": sources}
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(sources)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if tests:
         command += ["--import-mode=importlib", "-c", str(config or project / "pyproject.toml"), *map(str, tests)]
@@ -293,7 +298,7 @@ def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Pat
 
     project = bake("gan", tmp_path, {})
     package = package_folder(project).name
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(str(project / "src"), str(ROOT))}
     command = [sys.executable, "-m", package, "fit", "--config", "configs/train.yaml", "--trainer.max_epochs=2"]
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -320,6 +325,12 @@ def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Pat
     console = result.stdout + result.stderr + resumed.stdout + resumed.stderr
     for notice in QUIETED:
         assert notice not in console
+    # not a terminal: one progress line per epoch, no bar redrawn with carriage returns
+    assert "\r" not in console
+    assert [line.split("  ")[:2] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
+        ["epoch 1/2", f"step {batches // 2}"],
+        ["epoch 2/2", f"step {batches}"],
+    ]
 
 
 # The 2-process runs stop here when they hang: their whole process group is killed (the DDP launcher's children too).
@@ -380,8 +391,7 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
     """
     project = bake(template, tmp_path, answers)
     package = package_folder(project).name
-    # the manualopt under test, as in this process
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": os.pathsep.join([str(project / "src"), str(ROOT)])}
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(str(project / "src"), str(ROOT))}
     command = [sys.executable, "-m", package, "fit", "--config", str(shrunk_config(project))]
     two_processes = [
         "--trainer.accelerator=cpu",

@@ -12,16 +12,18 @@ a run with ``--ckpt_path last``.
 from __future__ import annotations
 
 import logging
-{% if cookiecutter.data != 'digits' -%}
 import sys
-{% endif -%}
 import warnings
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.package_name }}.data import {{ data_class }}{{ ', ImageFolderError' if cookiecutter.data != 'digits' else '' }}
 from {{ cookiecutter.package_name }}.model import GAN
+from {{ cookiecutter.package_name }}.progress import EpochLines
 from {{ cookiecutter.package_name }}.samples import SampleGrids
 
 
@@ -32,6 +34,17 @@ class GANCLI(LightningCLI):
         """Link the data's image format to the model's arguments, so that it is set in one place."""
         for name in ("image_size", "channels"{{ ', "classes"' if cookiecutter.variant == 'conditional' else '' }}):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The Trainer; when the output is not a terminal, with one progress line per epoch instead of a bar."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.trainer
+        if trainer.enable_progress_bar is not False and not sys.stdout.isatty() and "callbacks" not in kwargs:
+            callbacks = trainer.callbacks or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+                kwargs["callbacks"] = [*callbacks, EpochLines()]
+        return super().instantiate_trainer(**kwargs)
 
 
 class _WithoutAdverts(logging.Filter):

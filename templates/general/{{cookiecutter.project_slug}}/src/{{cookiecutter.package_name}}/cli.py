@@ -11,13 +11,18 @@ the command line (``--trainer.max_epochs 5``), and ``--print_config`` shows them
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.package_name }}.data import RegressionData
 from {{ cookiecutter.package_name }}.model import Model
+from {{ cookiecutter.package_name }}.progress import EpochLines
 
 
 class ModelCLI(LightningCLI):
@@ -27,6 +32,17 @@ class ModelCLI(LightningCLI):
         """Link the data's sizes to the model's arguments, so that they are set in one place."""
         parser.link_arguments("data.features", "model.features")
         parser.link_arguments("data.outputs", "model.outputs")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The Trainer; when the output is not a terminal, with one progress line per epoch instead of a bar."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.trainer
+        if trainer.enable_progress_bar is not False and not sys.stdout.isatty() and "callbacks" not in kwargs:
+            callbacks = trainer.callbacks or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+                kwargs["callbacks"] = [*callbacks, EpochLines()]
+        return super().instantiate_trainer(**kwargs)
 
 
 class _WithoutAdverts(logging.Filter):
