@@ -67,6 +67,7 @@ def test_results_quick_mode(tmp_path: Path, capsys: Any) -> None:
     assert (tmp_path / "results.png").stat().st_size > 0
     summary = json.loads(next((tmp_path / "ring_gaussians" / "seed_0").glob("version_*/summary.json")).read_text())
     assert summary["global_step"] == 20
+    assert {"torch", "lightning", "numpy", "cpu", "torch_threads"} <= set(summary["environment"])  # what it depends on
     assert all(run.cpu_seconds > 0 for group in runs.values() for run in group)
 
     again = results.main(["--quick", "--recipes", "ring_gaussians", "--out", str(tmp_path), "--no-new-runs"])
