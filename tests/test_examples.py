@@ -167,3 +167,18 @@ def test_recipe_runs_every_periodic_action_under_ddp(tmp_path: Path, recipe: str
     pictures = list((tmp_path / "version_0" / "samples").glob("*.png"))
     assert len(pictures) == (DDP_EPOCHS if recipe in PICTURES else 0)  # one per validation
     assert not (tmp_path / "version_1").exists()  # one logger folder: process 0 writes
+
+
+def test_the_readme_example_runs_as_it_stands(tmp_path: Path) -> None:
+    """The first Python block of the README ("Try it") runs unchanged and prints one training step per batch."""
+    readme = (CONFIGS.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Try it") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    paths = [str(CONFIGS.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global_step: 160" in result.stdout
