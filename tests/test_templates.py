@@ -476,7 +476,7 @@ def test_the_makefile_tests_lints_and_installs_where_it_is_asked_to(tmp_path: Pa
     assert ".venv/bin/python -m pytest" in test
     assert "ruff" not in test
     lint = make_dry_run(project, "lint")
-    assert ".venv/bin/ruff check ." in lint
+    assert ".venv/bin/python -m ruff check ." in lint
     assert "pytest" not in lint
 
     own = tmp_path / "environment"
