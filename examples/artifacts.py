@@ -14,14 +14,42 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 import time
 from pathlib import Path
 
+import lightning
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch import Tensor
 
 RUN_FILE = "run.json"
+
+
+def environment() -> dict[str, str]:
+    """What a run's numbers depend on besides its config and seed: the package versions, the CPU, torch's threads.
+
+    With one torch thread a run gives the same numbers again on the same CPU with the same versions; another CPU or
+    another version of torch, Lightning or NumPy may change them.
+    """
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = models[0] if models else cpu
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "cpu": cpu,
+        "torch_threads": str(torch.get_num_threads()),
+    }
+
+
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
 
@@ -208,6 +236,7 @@ class RecipeArtifacts(pl.Callback):
             "metrics": metrics,
             "floor": floor,
             "training_cpu_seconds": round(time.process_time() - self._started, 2),
+            "environment": environment(),
         }
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
@@ -225,3 +254,9 @@ class RecipeArtifacts(pl.Callback):
             print(f"sample pictures ({len(self.pictures)}): last {self.pictures[-1]}")
         if curves is not None:
             print(f"curves: {curves}")
+        setup = summary["environment"]
+        print(
+            f"these numbers repeat with the same config, seed, CPU ({setup['cpu']}), torch threads"
+            f" ({setup['torch_threads']}) and versions (torch {setup['torch']}, lightning {setup['lightning']},"
+            f" numpy {setup['numpy']})"
+        )

@@ -3,7 +3,9 @@
 ``python -m examples.<recipe> fit --config examples/configs/<recipe>.yaml`` reads ``configs/base.yaml`` first (the
 trainer settings every recipe shares, the checkpoints, the artifacts callback), then the recipe's config, then the
 command line. Output paths left empty in the configs are derived from ``trainer.default_root_dir``: the CSV logger
-writes to it, and ``ModelCheckpoint`` to its ``checkpoints/`` folder, so a recipe names its folder once.
+writes to it, and ``ModelCheckpoint`` to its ``checkpoints/`` folder, so a recipe names its folder once. The progress
+display is :class:`~examples.progress.RecipeProgressBar`, added unless ``--trainer.enable_progress_bar false`` (the
+standard switch) turns it off or the callbacks hold a progress bar already.
 
 The recipes' networks are small: one torch thread is fastest, and on a machine whose cores are busy several threads
 were up to 10 times slower. :func:`run` sets one thread unless ``OMP_NUM_THREADS`` says otherwise.
@@ -18,7 +20,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+
+from examples.progress import RecipeProgressBar
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -52,6 +57,21 @@ class RecipeCLI(LightningCLI):
             init_args = _init_args(callback)
             if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and not init_args.dirpath:
                 init_args.dirpath = str(root / "checkpoints")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The Trainer, with a ``RecipeProgressBar`` when progress is on and no progress bar is configured.
+
+        A progress bar in the callbacks together with ``enable_progress_bar=False`` is an error in Lightning, so the
+        bar is added here, where that switch is known, rather than in the config.
+        """
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.trainer
+        if trainer.enable_progress_bar is not False and "callbacks" not in kwargs:
+            callbacks = trainer.callbacks or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+                kwargs["callbacks"] = [*callbacks, RecipeProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
 
 def run(

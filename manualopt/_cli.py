@@ -9,7 +9,11 @@ writes the project::
     manualopt new general --no-input -o projects project_name="Two Towers" optimizers=query,document
     python -m manualopt new gan
 
-It needs cookiecutter: ``pip install 'manualopt[templates]'``.
+It needs cookiecutter: ``pip install 'manualopt[templates]'``. The project installs the manualopt that made it (see
+:func:`manualopt_requirement`), unless ``manualopt_requirement=...`` says otherwise.
+
+This module imports neither Lightning nor torch (only the standard library, and cookiecutter when a project is made),
+so that ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
@@ -26,7 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-__all__ = ["available_templates", "main", "new_project", "templates_folder"]
+__all__ = ["available_templates", "main", "manualopt_requirement", "new_project", "templates_folder"]
 
 INSTALL_HINT = "pip install 'manualopt[templates]'"
 
@@ -176,10 +181,14 @@ def new_project(
         cookiecutter_logger.propagate = propagate
 
 
-def installed_from() -> str | None:
-    """Where pip installed manualopt from, when not from a package index (a path or a URL), else None."""
+def installed_from(distribution: metadata.Distribution | None = None) -> str | None:
+    """Where pip installed manualopt from, when not from a package index (a path or a URL), else None.
+
+    Read from the distribution's ``direct_url.json`` (PEP 610): a local folder, wheel or archive as its path, a version
+    control URL with the installed commit (``git+https://...@<commit>``), any other URL as it is.
+    """
     try:
-        direct = metadata.distribution("manualopt").read_text("direct_url.json")
+        direct = (distribution or metadata.distribution("manualopt")).read_text("direct_url.json")
     except metadata.PackageNotFoundError:
         return None
     if not direct:
@@ -188,10 +197,40 @@ def installed_from() -> str | None:
     url = str(source.get("url", ""))
     vcs = source.get("vcs_info")
     if isinstance(vcs, dict) and vcs.get("vcs"):
-        return f"{vcs['vcs']}+{url}"
+        commit = vcs.get("commit_id")
+        return f"{vcs['vcs']}+{url}" + (f"@{commit}" if commit else "")
     if url.startswith("file:"):
         return url2pathname(urlparse(url).path)
     return url or None
+
+
+# what the templates' hook accepts as manualopt_requirement: one requirement, path or URL, nothing the shell reads
+_REQUIREMENT = re.compile(r"[A-Za-z0-9./~][A-Za-z0-9_.:/@+=~,<>!\[\]-]*")
+
+
+def manualopt_requirement() -> str:
+    """The pip requirement of the manualopt that runs this command: what a project made by it installs.
+
+    ``manualopt==<version>`` when it came from a package index; the path of the wheel, archive or folder (a clone,
+    editable or not) it was installed from; a version control URL at the installed commit. Run from a source tree
+    that is not installed as this distribution (``PYTHONPATH``), the tree's folder.
+    """
+    here = Path(__file__).resolve()
+    tree = here.parents[1]
+    try:
+        distribution: metadata.Distribution | None = metadata.distribution("manualopt")
+    except metadata.PackageNotFoundError:
+        distribution = None
+    if distribution is not None:
+        source = installed_from(distribution)
+        installed_file = Path(str(distribution.locate_file("manualopt/_cli.py")))
+        runs_here = installed_file.is_file() and installed_file.resolve() == here  # a copy in site-packages
+        from_this_tree = source is not None and Path(source).is_dir() and Path(source).resolve() == tree  # editable
+        if runs_here or from_this_tree:
+            return source or f"manualopt=={distribution.version}"
+    if (tree / "pyproject.toml").is_file():
+        return str(tree)
+    return "manualopt"
 
 
 def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -217,9 +256,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def _version() -> str:
-    from manualopt import __version__
-
-    return __version__
+    """The version of manualopt, without importing the package (and with it Lightning) when it is not imported yet."""
+    version = getattr(sys.modules.get("manualopt"), "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return metadata.version("manualopt")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,15 +296,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.template not in templates:
             raise CommandError(f"There is no template {options.template!r}; the templates are {', '.join(templates)}.")
         answers = parse_assignments(options.answers, read_options(templates[options.template]), options.template)
+        requirement = None
+        if "manualopt_requirement" not in answers and _REQUIREMENT.fullmatch(manualopt_requirement()):
+            # the project installs the manualopt that made it, which may be on no package index
+            requirement = answers["manualopt_requirement"] = manualopt_requirement()
         project = new_project(options.template, options.output_dir, no_input=options.no_input, answers=answers)
     except CommandError as error:
         print(f"manualopt new: {error}", file=sys.stderr)
         return 1
-    print(f"Created {project}\nNext:\n    cd {project}\n    make train\n    make test")
-    source = installed_from()
-    if source and "manualopt_requirement" not in answers:
+    print(
+        f"Created {project}\nNext:\n    cd {project}\n    make train CPU=1    # CPU=1: PyTorch's CPU build; leave"
+        " it out to train on a GPU\n    make test"
+    )
+    if requirement is not None:
+        print(f"The project installs this manualopt: {requirement} (MANUALOPT in its Makefile).")
+    elif "manualopt_requirement" not in answers:
         print(
-            f"This manualopt was installed from {source}. If your package index has no manualopt, install it from"
-            f" there: make train MANUALOPT={source}"
+            f"This manualopt runs from {manualopt_requirement()!r}, which the project's Makefile cannot name; give"
+            " make train MANUALOPT=... the requirement, path or URL to install it from."
         )
     return 0

@@ -9,6 +9,7 @@ default GAN project runs to the end.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import itertools
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -172,6 +174,9 @@ def test_every_combination_bakes_a_complete_project(
     assert config["trainer"]["logger"]["class_path"].endswith(
         {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[answers["logger"]]
     )
+    if answers.get("data") == "image-folder":  # an epoch of the demo pictures logs at least once: no warning
+        demo_pictures = 600  # shapes.write_shapes' default count, what `make train` writes
+        assert config["trainer"]["log_every_n_steps"] <= demo_pictures // config["data"]["batch_size"]
     yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
     multi_gpu = yaml.safe_load((project / "configs" / "multi_gpu.yaml").read_text())
     assert multi_gpu == {"trainer": {"strategy": "ddp_find_unused_parameters_true", "devices": "auto"}}
@@ -211,10 +216,15 @@ def test_every_baked_package_imports(
         assert [f'self.manual_step("{name}"' in source for name in names] == [True] * len(names)
 
 
+def python_path(*folders: str) -> str:
+    """``folders``, then this process's own ``PYTHONPATH``: a subprocess imports what this one does, manualopt too."""
+    return os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def run_suite(project: Path, *tests: Path, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The project's own tests, in this environment, from its source folder (nothing installed)."""
     sources = os.pathsep.join(str(path.parents[1] / "src") for path in tests) if tests else str(project / "src")
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": sources}
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(sources)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if tests:
         command += ["--import-mode=importlib", "-c", str(config or project / "pyproject.toml"), *map(str, tests)]
@@ -276,13 +286,19 @@ def test_the_rest_of_the_cross_product_passes_its_own_tests(tmp_path: Path) -> N
     assert passed(result) >= 5 * len(projects)
 
 
+# Notices a baked run keeps out of its console (cli.py's quiet_console, the configs): Lightning's tip about its cloud
+# logger, a deprecation inside Lightning, the checkpoint folder that every run shares on purpose, a logging interval
+# longer than an epoch.
+QUIETED = ("litlogger", "LeafSpec", "exists and is not empty", "smaller than the logging interval")
+
+
 def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Path) -> None:
     """The README's train command, shrunk to 2 epochs: ``python -m <package> fit --config configs/train.yaml``."""
     from sklearn.datasets import load_digits
 
     project = bake("gan", tmp_path, {})
     package = package_folder(project).name
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(str(project / "src"), str(ROOT))}
     command = [sys.executable, "-m", package, "fit", "--config", "configs/train.yaml", "--trainer.max_epochs=2"]
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -295,32 +311,187 @@ def test_the_default_gan_trains_to_the_end_with_one_step_per_batch(tmp_path: Pat
     assert checkpoint["global_step"] == batches
     assert list((project / "runs" / "version_0" / "samples").glob(f"*step={batches}.png"))
 
+    # the README's resume, one epoch more: the console holds no notice that the user cannot act on
+    resumed = subprocess.run(
+        [*command[:-1], "--trainer.max_epochs=3", "--ckpt_path=last"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert f"global_step: {batches // 2 * 3} " in resumed.stdout
+    console = result.stdout + result.stderr + resumed.stdout + resumed.stderr
+    for notice in QUIETED:
+        assert notice not in console
+    # not a terminal: one progress line per epoch, no bar redrawn with carriage returns
+    assert "\r" not in console
+    assert [line.split("  ")[:2] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
+        ["epoch 1/2", f"step {batches // 2}"],
+        ["epoch 2/2", f"step {batches}"],
+    ]
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("template", ["gan", "general"])
-def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: str) -> None:
-    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains the default project, one training step per batch.
+
+# The 2-process runs stop here when they hang: their whole process group is killed (the DDP launcher's children too).
+DDP_LIMIT = 240
+# Per process: the epochs and batches of a 2-process run, and the periods it is shrunk to (in epochs and steps), so
+# that every periodic action fires at least once: sample grids, periodic and end-of-run checkpoints, validation.
+DDP_EPOCHS, DDP_BATCHES, DDP_EVERY_N_EPOCHS, DDP_EVERY_N_STEPS = 4, 2, 2, 4
+
+
+def run_in_own_group(
+    command: list[str], cwd: Path, env: dict[str, str], limit: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in a session of its own; past ``limit`` seconds, kill its whole process group and fail.
+
+    The DDP launcher's other processes inherit the output pipes, so the output ends only when every process has ended:
+    a process that hangs, the launcher's or another, runs into the limit.
+    """
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not end: killed\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def shrunk_config(project: Path) -> Path:
+    """The project's ``configs/train.yaml`` with its periods shrunk to ``DDP_EVERY_N_*`` (the callbacks unchanged)."""
+    config = yaml.safe_load((project / "configs" / "train.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        arguments = callback.get("init_args", {})
+        for key, value in (("every_n_train_steps", DDP_EVERY_N_STEPS), ("every_n_epochs", DDP_EVERY_N_EPOCHS)):
+            if arguments.get(key):
+                arguments[key] = min(arguments[key], value)
+    path = project / "configs" / "short.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.timeout(2 * DDP_LIMIT + 60)
+@pytest.mark.parametrize(("template", "answers"), COVERING, ids=[combination_id(t, a) for t, a in COVERING])
+def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: str, answers: dict[str, Any]) -> None:
+    """``configs/multi_gpu.yaml`` on 2 CPU processes: DDP trains each bake of the covering set to its end.
+
+    The run is long enough for every periodic action to fire (sample grids, periodic checkpoints, last.ckpt at each
+    epoch end, validation, the end-of-run report): under DDP each of them must reach every collective call on every
+    process, or the run waits for ever.
 
     Without its ``ddp_find_unused_parameters_true`` Lightning's DDP stops at the first batch (each ``manual_step``'s
-    backward pass reaches one network only); the second half checks that the config is what makes the difference.
+    backward pass reaches one network only); the second half, for the defaults, checks that the config is what makes
+    the difference.
     """
-    project = bake(template, tmp_path, {})
+    project = bake(template, tmp_path, answers)
     package = package_folder(project).name
-    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": str(project / "src")}
-    command = [sys.executable, "-m", package, "fit", "--config", "configs/train.yaml"]
-    two_processes = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3"]
+    env = {**os.environ, **SUITE_ENV, "PYTHONPATH": python_path(str(project / "src"), str(ROOT))}
+    command = [sys.executable, "-m", package, "fit", "--config", str(shrunk_config(project))]
+    two_processes = [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        f"--trainer.max_epochs={DDP_EPOCHS}",
+        f"--trainer.limit_train_batches={DDP_BATCHES}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=1",
+    ]
+    if answers.get("data") == "image-folder":  # a few small batches per process
+        batch_size = 8
+        shapes = [
+            sys.executable,
+            "-m",
+            f"{package}.shapes",
+            "data/images",
+            "--count",
+            str(2 * batch_size * DDP_BATCHES),
+        ]
+        subprocess.run(shapes, cwd=project, env=env, check=True, capture_output=True, timeout=300)
+        two_processes.append(f"--data.batch_size={batch_size}")
     with_config = [*command, "--config", "configs/multi_gpu.yaml", *two_processes]
-    result = subprocess.run(with_config, cwd=project, env=env, capture_output=True, text=True, timeout=500)
+    result = run_in_own_group(with_config, project, env, DDP_LIMIT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    steps = DDP_EPOCHS * DDP_BATCHES
+    assert f"global_step: {steps} " in result.stdout  # the end-of-run report, once
+    assert result.stdout.count("global_step: ") == 1
     import torch
 
-    checkpoint = torch.load(project / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == 3
+    checkpoints = project / "runs" / "checkpoints"
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == steps
+    if template == "gan":
+        periodic = sorted(path.name for path in checkpoints.glob("epoch=*.ckpt"))
+        expected = [f"step={step}.ckpt" for step in range(DDP_EVERY_N_STEPS, steps + 1, DDP_EVERY_N_STEPS)]
+        assert [name.split("-")[-1] for name in periodic] == expected
+        grids = sorted((project / "runs" / "version_0" / "samples").glob("*.png"))
+        epochs = range(DDP_EVERY_N_EPOCHS, DDP_EPOCHS + 1, DDP_EVERY_N_EPOCHS)
+        assert [path.name for path in grids] == [
+            f"epoch={epoch - 1:03d}-step={epoch * DDP_BATCHES}.png" for epoch in epochs
+        ]
+        assert f"sample grids: {len(grids)}" in result.stdout
+        if answers.get("logger") == "tensorboard":
+            assert list((project / "runs" / "version_0").glob("events.out.tfevents.*"))
+    else:
+        assert "val_loss: " in result.stdout
+        assert list(checkpoints.glob("epoch=*.ckpt"))  # the best by val_loss
+    assert not (project / "runs" / "version_1").exists()  # one logger folder: process 0 writes
+    if answers:
+        return
 
     without = [*command, "--trainer.strategy=ddp", *two_processes, "--trainer.default_root_dir=runs-ddp"]
-    result = subprocess.run(without, cwd=project, env=env, capture_output=True, text=True, timeout=500)
+    result = run_in_own_group(without, project, env, DDP_LIMIT)
     assert result.returncode != 0
-    assert "ddp_find_unused_parameters_true" in result.stdout + result.stderr  # manualopt's explanation names it
+    output = result.stdout + result.stderr
+    assert "ddp_find_unused_parameters_true" in output, output[-6000:]  # manualopt's explanation names it
+
+
+def make_dry_run(project: Path, *arguments: str, **variables: str) -> str:
+    """The commands ``make -n`` prints, outside any virtual environment unless ``VIRTUAL_ENV`` is given."""
+    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "CPU", "VENV")}
+    command = ["make", "-n", *arguments]
+    result = subprocess.run(command, cwd=project, env={**env, **variables}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("template", ["gan", "general"])
+def test_the_makefile_tests_lints_and_installs_where_it_is_asked_to(tmp_path: Path, template: str) -> None:
+    """``make test`` runs the tests only; ``make lint`` runs ruff; ``make`` installs into the environment in use.
+
+    Outside an environment it creates .venv; inside one (``VIRTUAL_ENV``) it installs there and makes none of its own;
+    ``CPU=1`` installs PyTorch's CPU build; ``make clean`` removes only what the project made.
+    """
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = bake(template, tmp_path, {})
+    package = package_folder(project).name
+    (project / ".venv").mkdir()
+    (project / ".venv" / f".installed-{package}").touch()  # installed: the targets' own commands only
+    test = make_dry_run(project, "test")
+    assert ".venv/bin/python -m pytest" in test
+    assert "ruff" not in test
+    lint = make_dry_run(project, "lint")
+    assert ".venv/bin/python -m ruff check ." in lint
+    assert "pytest" not in lint
+
+    own = tmp_path / "environment"
+    install = make_dry_run(project, "install", VIRTUAL_ENV=str(own))
+    assert f"{own}/bin/python -m pip install torch" in install
+    assert "download.pytorch.org" not in install
+    assert ".venv" not in install
+    assert f"touch {own}/.installed-{package}" in install
+    cpu = make_dry_run(project, "install", "CPU=1", VIRTUAL_ENV=str(own))
+    assert f"{own}/bin/python -m pip install torch --index-url https://download.pytorch.org/whl/cpu" in cpu
+    clean = make_dry_run(project, "clean", VIRTUAL_ENV=str(own))
+    assert f"rm -rf {own}" not in clean
+    assert "rm -rf .venv " in clean
+    fresh = make_dry_run(project, "install", "VENV=fresh")
+    assert "python3 -m venv fresh" in fresh
 
 
 BAD_NAMES = [

@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
 from manualopt import StepOutsideTrainingStepError
 {%- if cookiecutter.logger == 'tensorboard' %}
@@ -34,14 +35,6 @@ from {{ cookiecutter.package_name }}.shapes import write_shapes
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 BATCHES = 3
-{%- if wgan %}
-# with n_critic=2 the critic updates on every batch and the generator on every second one: batches 2, 4, 6
-UPDATES = {"critic": 3, "generator": 1}
-UPDATES_AFTER_RESUME = {"critic": 6, "generator": 3}
-{%- else %}
-UPDATES = {"discriminator": 3, "generator": 3}
-UPDATES_AFTER_RESUME = {"discriminator": 6, "generator": 6}
-{%- endif %}
 {%- if folder %}
 BATCH_SIZE = 16
 {%- endif %}
@@ -58,7 +51,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def fit(*args: str) -> LightningCLI:
+def fit(*args: str, config: Path = CONFIG) -> LightningCLI:
     """``fit`` with the project's config, shrunk to one epoch of ``BATCHES`` batches; ``args`` come last and win."""
     small = [
         "--trainer.max_epochs=1",
@@ -73,7 +66,18 @@ def fit(*args: str) -> LightningCLI:
         f"--data.batch_size={BATCH_SIZE}",
 {%- endif %}
     ]
-    return run(["fit", "--config", str(CONFIG), *small, *args])
+    return run(["fit", "--config", str(config), *small, *args])
+
+
+def expected_updates(model: GAN, batches: int) -> dict[str, int]:
+    """The updates of each optimizer after ``batches`` batches, from the model's own {{ 'optimizers and schedule' if wgan else 'optimizers' }}."""
+    names = list(model.configure_optimizers())
+{%- if wgan %}
+    # the optimizers that the schedule makes due on each batch (here n_critic=2: the generator on every second)
+    return {name: sum(name in model.schedule.due_at(position) for position in range(batches)) for name in names}
+{%- else %}
+    return dict.fromkeys(names, batches)  # each optimizer updates once per batch
+{%- endif %}
 
 
 def logged_steps(log_folder: Path) -> list[int]:
@@ -91,7 +95,7 @@ def logged_steps(log_folder: Path) -> list[int]:
 def test_fit_makes_one_training_step_per_batch(workdir: Path) -> None:
     cli = fit()
     assert cli.trainer.global_step == BATCHES
-    assert dict(cli.model.optimizer_updates) == UPDATES
+    assert dict(cli.model.optimizer_updates) == expected_updates(cli.model, BATCHES)
     assert logged_steps(workdir / "runs" / "version_0") == list(range(BATCHES))
     assert (workdir / "runs" / "checkpoints" / "last.ckpt").is_file()
     assert len(list((workdir / "runs" / "version_0" / "samples").glob("*.png"))) == 1
@@ -114,8 +118,25 @@ def test_resumes_from_last_checkpoint(workdir: Path) -> None:
     resumed = fit("--trainer.max_epochs=2", "--ckpt_path=last")
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == 2 * BATCHES
-    assert dict(resumed.model.optimizer_updates) == UPDATES_AFTER_RESUME
+    assert dict(resumed.model.optimizer_updates) == expected_updates(resumed.model, 2 * BATCHES)
     assert logged_steps(workdir / "runs" / "version_1") == list(range(BATCHES, 2 * BATCHES))
+
+
+def test_last_checkpoint_is_the_end_of_a_complete_run(workdir: Path) -> None:
+    """``last.ckpt`` holds the final step, also when a periodic checkpoint was the last one written before the end."""
+    config = yaml.safe_load(CONFIG.read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback.get("init_args", {}).get("every_n_train_steps"):
+            callback["init_args"]["every_n_train_steps"] = BATCHES + 1  # one periodic checkpoint, before the end
+    (workdir / "periodic.yaml").write_text(yaml.safe_dump(config))
+    cli = fit("--trainer.max_epochs=2", config=workdir / "periodic.yaml")
+    assert cli.trainer.global_step == 2 * BATCHES
+    assert list((workdir / "runs" / "checkpoints").glob(f"*step={BATCHES + 1}.ckpt"))
+    checkpoint = torch.load(workdir / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == cli.trainer.global_step
+    again = fit("--trainer.max_epochs=2", "--ckpt_path=last", config=workdir / "periodic.yaml")
+    assert again.trainer.global_step == 2 * BATCHES  # nothing trained again
+    assert dict(again.model.optimizer_updates) == dict(cli.model.optimizer_updates)
 
 
 class StepInTheWrongHook(GAN):
@@ -146,4 +167,4 @@ def test_a_step_outside_training_step_is_refused(workdir: Path) -> None:
     with pytest.raises(StepOutsideTrainingStepError, match="on_train_batch_end"):
         trainer.fit(model, datamodule=data)
     assert trainer.global_step == 1  # the batch's own steps in training_step counted; the misplaced one refused
-    assert model.optimizer_updates["generator"] == {{ 0 if wgan else 1 }}
+    assert model.optimizer_updates["generator"] == expected_updates(model, 1)["generator"]

@@ -45,6 +45,11 @@ def fit(*args: str) -> LightningCLI:
     return run(["fit", "--config", str(CONFIG), *small, *args])
 
 
+def expected_updates(model: Model, batches: int) -> dict[str, int]:
+    """Each part's updates after ``batches`` batches: one per ``accumulate_grad_batches`` of its settings."""
+    return {name: batches // model.settings[name]["accumulate_grad_batches"] for name in PARTS}
+
+
 def trainer(**options: Any) -> pl.Trainer:
     """A quiet CPU trainer without logger or checkpoints."""
     settings: dict[str, Any] = {
@@ -62,7 +67,7 @@ def trainer(**options: Any) -> pl.Trainer:
 def test_fit_makes_one_training_step_per_batch(workdir: Path) -> None:
     cli = fit()
     assert cli.trainer.global_step == BATCHES
-    assert dict(cli.model.optimizer_updates) == dict.fromkeys(PARTS, BATCHES)
+    assert dict(cli.model.optimizer_updates) == expected_updates(cli.model, BATCHES)
     assert (workdir / "runs" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -81,7 +86,8 @@ def test_accumulation_is_per_optimizer() -> None:
     model = Model(optimizers={FIRST: accumulate})
     fitted = trainer(limit_train_batches=4)
     fitted.fit(model, datamodule=RegressionData())
-    expected = dict.fromkeys(PARTS, 4) | {FIRST: 2}
+    expected = expected_updates(model, 4)
+    assert expected[FIRST] == 2
     assert dict(model.optimizer_updates) == expected
     # a training step is a batch in which at least one optimizer updated
     assert fitted.global_step == (2 if len(PARTS) == 1 else 4)
@@ -132,7 +138,18 @@ def test_resumes_from_last_checkpoint(workdir: Path) -> None:
     resumed = fit("--trainer.max_epochs=2", "--ckpt_path=last")
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == 2 * BATCHES
-    assert dict(resumed.model.optimizer_updates) == dict.fromkeys(PARTS, 2 * BATCHES)
+    assert dict(resumed.model.optimizer_updates) == expected_updates(resumed.model, 2 * BATCHES)
+
+
+def test_last_checkpoint_is_the_end_of_a_complete_run(workdir: Path) -> None:
+    """``last.ckpt`` holds the final step, also when the last epoch was not validated."""
+    cli = fit("--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2")  # validated after epoch 2 only
+    assert cli.trainer.global_step == 3 * BATCHES
+    checkpoint = torch.load(workdir / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == cli.trainer.global_step
+    again = fit("--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2", "--ckpt_path=last")
+    assert again.trainer.global_step == 3 * BATCHES  # nothing trained again
+    assert dict(again.model.optimizer_updates) == dict(cli.model.optimizer_updates)
 
 
 def test_the_model_learns(workdir: Path) -> None:
@@ -155,4 +172,4 @@ def test_a_step_outside_training_step_is_refused() -> None:
     model = StepInTheWrongHook()
     with pytest.raises(StepOutsideTrainingStepError, match="on_train_batch_end"):
         trainer(limit_train_batches=1).fit(model, datamodule=RegressionData())
-    assert dict(model.optimizer_updates) == dict.fromkeys(PARTS, 1)  # training_step's updates, not the refused one
+    assert dict(model.optimizer_updates) == expected_updates(model, 1)  # training_step's updates, not the refused one

@@ -11,15 +11,19 @@ a run with ``--ckpt_path last``.
 
 from __future__ import annotations
 
-{% if cookiecutter.data != 'digits' -%}
+import logging
 import sys
+import warnings
+from typing import Any
 
-{% endif -%}
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.package_name }}.data import {{ data_class }}{{ ', ImageFolderError' if cookiecutter.data != 'digits' else '' }}
 from {{ cookiecutter.package_name }}.model import GAN
+from {{ cookiecutter.package_name }}.progress import EpochLines
 from {{ cookiecutter.package_name }}.samples import SampleGrids
 
 
@@ -31,12 +35,44 @@ class GANCLI(LightningCLI):
         for name in ("image_size", "channels"{{ ', "classes"' if cookiecutter.variant == 'conditional' else '' }}):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The Trainer; when the output is not a terminal, with one progress line per epoch instead of a bar."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.trainer
+        if trainer.enable_progress_bar is not False and not sys.stdout.isatty() and "callbacks" not in kwargs:
+            callbacks = trainer.callbacks or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+                kwargs["callbacks"] = [*callbacks, EpochLines()]
+        return super().instantiate_trainer(**kwargs)
+
+
+class _WithoutAdverts(logging.Filter):
+    """Leaves out Lightning's tip about its cloud logger, printed at the start of every run (Lightning 2.6)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_WITHOUT_ADVERTS = _WithoutAdverts()
+
+
+def quiet_console() -> None:
+    """Keep out of the console the notices that a user of this project cannot act on; the rest still shows."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_WITHOUT_ADVERTS)
+    # Lightning's own use of a PyTorch utility that PyTorch deprecates
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # every run checkpoints into runs/checkpoints on purpose, so that --ckpt_path last finds the last run's last.ckpt
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
 
 def run(args: ArgsType = None) -> GANCLI:
     """Run the command line with ``args`` (default: ``sys.argv``) and return it, with its ``trainer`` and ``model``.
 
     After ``fit`` it prints where the run's step count, checkpoints and sample grids are.
     """
+    quiet_console()
     cli = GANCLI(GAN, {{ data_class }}, args=args, save_config_kwargs={"overwrite": True})
     if cli.subcommand != "fit":
         return cli

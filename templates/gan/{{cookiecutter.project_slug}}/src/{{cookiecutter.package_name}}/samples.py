@@ -68,12 +68,18 @@ class SampleGrids(pl.Callback):
         self.draw(trainer, pl_module)
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw the grid now: a PNG file (on the main process) and an image in each TensorBoard logger."""
-        if not isinstance(pl_module, Sampler) or not trainer.is_global_zero:
+        """Draw the grid now: a PNG file (on the main process) and an image in each TensorBoard logger.
+
+        Every process must call this: under DDP ``trainer.log_dir`` is a broadcast from process 0, which waits for
+        all the others; asked on process 0 alone it would wait for ever.
+        """
+        if not isinstance(pl_module, Sampler):
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # on every process (see above)
+        if not trainer.is_global_zero:
             return
         images, rows = pl_module.sample_grid()
         grid = make_grid(images, rows)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         self.paths.append(save_png(grid, folder / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step}.png"))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
