@@ -4,8 +4,11 @@ Inherit :class:`ManualOptimizationModule` instead of ``LightningModule`` and ste
 with :meth:`ManualOptimizationModule.manual_step`.
 """
 
-from manualopt.checkpoint_io import AtomicCheckpointIO
-from manualopt.ema import EMA
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from manualopt.errors import (
     CheckpointLoadError,
     InvalidArgumentError,
@@ -18,11 +21,40 @@ from manualopt.errors import (
     StepOutsideTrainingStepError,
     UnknownOptimizerError,
 )
-from manualopt.module import ManualOptimizationModule
-from manualopt.schedule import StepSchedule
-from manualopt.types import NonFinitePolicy, OptimizerKey, StepResult
 
-__version__ = "0.2.0"
+if TYPE_CHECKING:
+    from manualopt.checkpoint_io import AtomicCheckpointIO
+    from manualopt.ema import EMA
+    from manualopt.module import ManualOptimizationModule
+    from manualopt.schedule import StepSchedule
+    from manualopt.types import NonFinitePolicy, OptimizerKey, StepResult
+
+# Imported on first use, so that importing manualopt (``manualopt --version``, ``--help``) does not import Lightning.
+_LAZY = {
+    "AtomicCheckpointIO": "manualopt.checkpoint_io",
+    "EMA": "manualopt.ema",
+    "ManualOptimizationModule": "manualopt.module",
+    "StepSchedule": "manualopt.schedule",
+    "NonFinitePolicy": "manualopt.types",
+    "OptimizerKey": "manualopt.types",
+    "StepResult": "manualopt.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'manualopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later reads find it here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__version__ = "0.3.0"
 
 __all__ = [
     "EMA",

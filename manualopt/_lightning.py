@@ -285,7 +285,9 @@ def move_callback_first(trainer: pl.Trainer, callback: Callback) -> Undo | None:
 
     Why: Lightning appends the callbacks of ``configure_callbacks`` after the Trainer's own, but manualopt's step
     guards and counters must be in place before another callback's ``on_fit_start`` or ``on_train_batch_start``
-    runs. ``trainer.callbacks`` is a plain list that Lightning reads at every hook call.
+    runs. ``trainer.callbacks`` is a plain list that Lightning reads at every hook call; it is replaced by a reordered
+    copy, never changed in place, because the undo runs from manualopt's ``teardown``, while Lightning iterates over
+    the list (an in-place move would make that loop skip the next callback's ``teardown``).
 
     Returns:
         The function that puts it back where it was (None when it was first already).
@@ -294,11 +296,13 @@ def move_callback_first(trainer: pl.Trainer, callback: Callback) -> Undo | None:
     position = next((i for i, candidate in enumerate(callbacks) if candidate is callback), None)
     if not position:
         return None
-    callbacks.insert(0, callbacks.pop(position))
+    trainer.callbacks = [callback, *(other for other in callbacks if other is not callback)]  # type: ignore[attr-defined]
 
     def undo() -> None:
-        if callbacks and callbacks[0] is callback:
-            callbacks.insert(min(position, len(callbacks) - 1), callbacks.pop(0))
+        current: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        if current and current[0] is callback:
+            others = current[1:]
+            trainer.callbacks = [*others[:position], callback, *others[position:]]  # type: ignore[attr-defined]
 
     return undo
 

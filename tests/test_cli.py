@@ -206,10 +206,6 @@ def test_the_command_module_imports_neither_lightning_nor_torch() -> None:
     assert "gan: A GAN project" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manualopt/__init__.py imports the module, and with it Lightning, before manualopt._cli runs",
-)
 def test_version_and_help_do_not_import_lightning() -> None:
     """``manualopt --version`` and ``--help`` (the console script's module) leave Lightning unimported."""
     code = (

@@ -140,3 +140,35 @@ def test_an_ema_swap_is_all_or_nothing() -> None:
     after = list(net.state_dict().values())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # nothing was swapped
     assert not average._swapped
+
+
+class RecordsTheEnd(Callback):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.calls.append("teardown")
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.calls.append("on_exception")
+
+
+@pytest.mark.parametrize("crashes", [False, True], ids=["ends", "crashes"])
+def test_every_callback_sees_the_end_of_the_fit(tmp_path: Path, crashes: bool) -> None:
+    # putting manualopt's callback back in its place at teardown must not make Lightning's loop over the callbacks
+    # skip the next one (a RichProgressBar there kept its display thread running)
+    class Crashes(TwoNets):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            if crashes and batch_idx == 1:
+                raise ValueError("crash")
+
+    first, second = RecordsTheEnd(), RecordsTheEnd()
+    fit = trainer(tmp_path, max_epochs=1, callbacks=[first, second])
+    if crashes:
+        with pytest.raises(ValueError, match="crash"):
+            fit.fit(Crashes(), loader())
+    else:
+        fit.fit(Crashes(), loader())
+    expected = ["on_exception"] if crashes else ["teardown"]  # as Lightning calls them for any module
+    assert first.calls == second.calls == expected
