@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 from torch.optim import Optimizer
 
 from manualopt import _lightning, _strategies
@@ -472,13 +472,13 @@ class FitSession:
         self._idle_check_at = 0  # once per fit
         if not self.records or any(record.updates for record in self.records):
             return
-        rank_zero_warn(
+        message = (
             f"{self.calls} `training_step` calls of `{type(self.module).__name__}` updated no optimizer, so"
             " `trainer.global_step` stays 0: no checkpoint is written, no training metric is logged, and `max_steps`"
             " is never reached. In manual optimization returning the loss does nothing; update inside"
-            f" `training_step` with `self.manual_step({self.records[0].name!r}, loss)`.",
-            category=ManualOptimizationWarning,
+            f" `training_step` with `self.manual_step({self.records[0].name!r}, loss)`."
         )
+        _warn_at_training_step(self.module, message)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -493,6 +493,23 @@ class FitSession:
             OptimizerConfigurationError: The checkpoint does not fit this fit's optimizers. Nothing was loaded.
         """
         self.entry.accept(checkpoint)
+
+
+@rank_zero_only
+def _warn_at_training_step(module: pl.LightningModule, message: str) -> None:
+    # shown at the user's training_step (its file and first line), where the fix goes, not inside manualopt
+    import inspect
+    import warnings
+
+    function = inspect.unwrap(type(module).training_step)
+    try:
+        filename, line = inspect.getsourcefile(function), inspect.getsourcelines(function)[1]
+    except (OSError, TypeError):  # no source (defined in an interactive session): shown where it is raised
+        filename, line = None, 0
+    if filename is None:
+        warnings.warn(message, ManualOptimizationWarning, stacklevel=2)
+        return
+    warnings.warn_explicit("\n" + message, ManualOptimizationWarning, filename, line, module=type(module).__module__)
 
 
 def _base_clipping() -> Any:

@@ -226,6 +226,12 @@ def test_a_training_step_that_only_returns_its_loss_is_named(tmp_path: Path) -> 
             return sum(self.losses(batch))  # as in automatic optimization: nothing steps
 
     fit = trainer(tmp_path, max_epochs=3)
-    with pytest.warns(ManualOptimizationWarning, match=r"10 `training_step` calls .* updated no optimizer.*manual"):
+    with pytest.warns(
+        ManualOptimizationWarning, match=r"10 `training_step` calls .* updated no optimizer.*manual"
+    ) as seen:
         fit.fit(ReturnsLoss(), loader())
     assert fit.global_step == 0
+    (warning,) = [w for w in seen if issubclass(w.category, ManualOptimizationWarning)]
+    assert warning.filename == __file__  # shown at the training_step to fix, not inside manualopt
+    assert warning.lineno == ReturnsLoss.training_step.__code__.co_firstlineno
+    assert str(warning.message).startswith("\n")  # on a line of its own, not after a progress bar's
