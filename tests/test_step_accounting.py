@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -233,5 +234,5 @@ def test_a_training_step_that_only_returns_its_loss_is_named(tmp_path: Path) -> 
     assert fit.global_step == 0
     (warning,) = [w for w in seen if issubclass(w.category, ManualOptimizationWarning)]
     assert warning.filename == __file__  # shown at the training_step to fix, not inside manualopt
-    assert warning.lineno == ReturnsLoss.training_step.__code__.co_firstlineno
+    assert warning.lineno == inspect.unwrap(ReturnsLoss.training_step).__code__.co_firstlineno
     assert str(warning.message).startswith("\n")  # on a line of its own, not after a progress bar's
