@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,31 +48,6 @@ def test_complete_run_resumes_without_replay(tmp_path: Path) -> None:
     assert again.trainer.global_step == 6
     assert dict(again.model.optimizer_updates) == {"generator": 6, "discriminator": 6}
     assert not [w for w in caught if "mid-epoch" in str(w.message)]
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_recipe_trains_under_ddp_with_its_config(tmp_path: Path, recipe: str) -> None:
-    """``examples/configs/ddp.yaml`` after a recipe's config: 2 CPU processes, each step counted once, files once.
-
-    Run as the README says (a separate command line: Lightning's DDP launcher starts the second process from it).
-    """
-    module, config = RECIPES[recipe]
-    command = [
-        sys.executable, "-m", f"examples.{module}", "fit", "--config", str(CONFIGS / config),
-        "--config", str(CONFIGS / "ddp.yaml"), f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.max_epochs=1", *SMALL,
-    ]  # fmt: skip
-    if recipe in DIGITS_GANS:
-        command.append("--data.samples_per_validation=100")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parent.parent)}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((tmp_path / "version_0" / "summary.json").read_text())
-    assert summary["global_step"] == 3  # 3 batches per process, one training step each
-    assert max(summary["optimizer_updates"].values()) == 3
-    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert not (tmp_path / "version_1").exists()  # one logger folder: process 0 writes
 
 
 def test_artifacts_switch_off(tmp_path: Path) -> None:
