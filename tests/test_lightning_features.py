@@ -75,18 +75,36 @@ def test_a_training_step_that_takes_the_data_iterator_counts_its_steps(tmp_path:
     assert dict(model.optimizer_updates) == {"generator": 20, "discriminator": 20}
 
 
-def test_the_learning_rate_finder_runs_before_the_fit(tmp_path: Path) -> None:
-    model = Regression()
-    finder = LearningRateFinder(num_training_steps=16, early_stop_threshold=None)
-    fit = trainer(tmp_path, max_epochs=1, callbacks=[finder])
-    fit.fit(model)
-    assert finder.optimal_lr is not None
-    learning_rates = finder.optimal_lr.results["lr"]
-    assert len(learning_rates) == 16
-    assert learning_rates == sorted(set(learning_rates))  # manualopt stepped the finder's scheduler every batch
-    assert model.lr == finder.optimal_lr.suggestion()  # and the real fit then trained with its suggestion
-    assert fit.global_step == 64 // model.batch_size  # counted from 0 again after the search
-    assert dict(model.optimizer_updates) == {"sgd": fit.global_step}
+class AutomaticRegression(LightningModule):
+    """``Regression`` in automatic optimization: what the finder does there is the reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+        self.lr = 0.05
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_the_learning_rate_finder_runs_before_the_fit_as_in_automatic_optimization(tmp_path: Path) -> None:
+    outcomes = []
+    for model in (AutomaticRegression(), Regression()):
+        finder = LearningRateFinder(num_training_steps=16, early_stop_threshold=None)
+        fit = trainer(tmp_path, max_epochs=1, callbacks=[finder])
+        fit.fit(model, train_dataloaders=Regression().train_dataloader())
+        assert finder.optimal_lr is not None
+        learning_rates = finder.optimal_lr.results["lr"]
+        assert len(learning_rates) == 16
+        assert learning_rates == sorted(set(learning_rates))  # its scheduler stepped after every batch
+        assert model.lr == finder.optimal_lr.suggestion()  # the real fit then trains with its suggestion
+        outcomes.append(fit.global_step)
+    assert outcomes[1] == outcomes[0]  # and counts its steps as automatic optimization does on this release
+    assert dict(model.optimizer_updates) == {"sgd": fit.global_step}  # type: ignore[union-attr]
 
 
 class Data(LightningDataModule):
@@ -97,21 +115,6 @@ class Data(LightningDataModule):
     def train_dataloader(self) -> DataLoader[Any]:
         x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
         return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=self.batch_size)
-
-
-class AutomaticRegression(LightningModule):
-    """``Regression`` in automatic optimization: what the finder does there is the reference."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(4, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self.layer(x), y)
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 def test_the_batch_size_finder_runs_before_the_fit_as_in_automatic_optimization(tmp_path: Path) -> None:
