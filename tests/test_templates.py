@@ -477,7 +477,7 @@ def test_the_makefile_tests_lints_and_installs_where_it_is_asked_to(tmp_path: Pa
     assert "ruff" not in test
     lint = make_dry_run(project, "lint")
     assert ".venv/bin/python -m ruff check ." in lint
-    assert "pytest" not in lint
+    assert "-m pytest" not in lint
 
     own = tmp_path / "environment"
     install = make_dry_run(project, "install", VIRTUAL_ENV=str(own))
