@@ -31,7 +31,7 @@ from lightning.pytorch.core.optimizer import (
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.trainer.call import _call_lightning_module_hook
 
-from manualopt._patching import Undo, patch_attribute
+from manualopt._patching import Undo, patch_attribute, undo_all
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -141,14 +141,12 @@ def install_step_gate(trainer: pl.Trainer, batch_made_no_step: Callable[[], bool
         if not batch_made_no_step():
             update_train_step_metrics()
 
-    undo_gate = patch_attribute(epoch_loop, "_should_accumulate", _should_accumulate, key)
-    undo_metrics = patch_attribute(logger_connector, "update_train_step_metrics", _update_train_step_metrics, key)
-
-    def undo() -> None:
-        undo_metrics()
-        undo_gate()
-
-    return undo
+    return undo_all(
+        [
+            patch_attribute(epoch_loop, "_should_accumulate", _should_accumulate, key),
+            patch_attribute(logger_connector, "update_train_step_metrics", _update_train_step_metrics, key),
+        ]
+    )
 
 
 def wrap_lightning_optimizer_step(
@@ -259,11 +257,7 @@ def route_checkpoint_through_automatic_path(
         functools.update_wrapper(hook, inner)
         undos.append(patch_attribute(callback, name, hook, key))
 
-    def undo() -> None:
-        for function in reversed(undos):
-            function()
-
-    return undo
+    return undo_all(undos)
 
 
 def configured_checkpoint_io(trainer: pl.Trainer) -> CheckpointIO | None:
@@ -399,14 +393,12 @@ def watch_training_data(
         fetching()
         on_before_fetch()
 
-    undo_start = patch_attribute(epoch_loop, "on_run_start", wrapped_on_run_start, key)
-    undo_fetch = patch_attribute(epoch_loop, "_on_before_fetch", wrapped_on_before_fetch, key)
-
-    def undo() -> None:
-        undo_fetch()
-        undo_start()
-
-    return undo
+    return undo_all(
+        [
+            patch_attribute(epoch_loop, "on_run_start", wrapped_on_run_start, key),
+            patch_attribute(epoch_loop, "_on_before_fetch", wrapped_on_before_fetch, key),
+        ]
+    )
 
 
 def training_iterator(trainer: pl.Trainer) -> Any:
@@ -442,11 +434,7 @@ def isolate_validation(trainer: pl.Trainer, around: Callable[[Callable[[], Any]]
         if method is not None:
             undos.append(patch_attribute(val_loop, name, functools.partial(around, method), key))
 
-    def undo() -> None:
-        for function in reversed(undos):
-            function()
-
-    return undo
+    return undo_all(undos)
 
 
 def epoch_to_resume(trainer: pl.Trainer) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Undo", "patch_attribute"]
+__all__ = ["Undo", "patch_attribute", "undo_all"]
 
 #: Removes one patch; calling it twice does nothing more.
 Undo = Callable[[], None]
@@ -45,5 +45,15 @@ def patch_attribute(owner: object, name: str, value: Any, key: object) -> Undo:
             delattr(owner, name)
         else:
             setattr(owner, name, restored)
+
+    return undo
+
+
+def undo_all(undos: list[Undo]) -> Undo:
+    """One undo for several: runs them in reverse order (the last patch is undone first)."""
+
+    def undo() -> None:
+        for function in reversed(undos):
+            function()
 
     return undo

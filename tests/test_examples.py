@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from processes import run_in_own_group
 from recipe_helpers import CONFIGS, DIGITS_GANS, RECIPES
 
 from examples import quickstart_gan, results, stock_problems
@@ -110,23 +109,6 @@ DDP_LIMIT = 240
 # Per process: epochs, batches per epoch, and the periodic checkpoints' period in steps, so that every periodic action
 # fires at least twice: validation with its sample picture, periodic checkpoints, last.ckpt, then the report.
 DDP_EPOCHS, DDP_BATCHES, DDP_EVERY_N_STEPS = 2, 2, 2
-
-
-def run_in_own_group(command: list[str], env: dict[str, str], limit: float) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in a session of its own; past ``limit`` seconds, kill its whole process group and fail."""
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not end: killed\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.timeout(DDP_LIMIT + 60)

@@ -9,7 +9,6 @@ default GAN project runs to the end.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import itertools
@@ -17,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import zipfile
@@ -34,6 +32,7 @@ import cookiecutter.main as cookiecutter_main
 import pytest
 import yaml
 from cookiecutter.exceptions import FailedHookException
+from processes import run_in_own_group
 
 from manualopt import ManualOptimizationModule
 
@@ -340,29 +339,6 @@ DDP_LIMIT = 240
 DDP_EPOCHS, DDP_BATCHES, DDP_EVERY_N_EPOCHS, DDP_EVERY_N_STEPS = 4, 2, 2, 4
 
 
-def run_in_own_group(
-    command: list[str], cwd: Path, env: dict[str, str], limit: float
-) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in a session of its own; past ``limit`` seconds, kill its whole process group and fail.
-
-    The DDP launcher's other processes inherit the output pipes, so the output ends only when every process has ended:
-    a process that hangs, the launcher's or another, runs into the limit.
-    """
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not end: killed\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 def shrunk_config(project: Path) -> Path:
     """The project's ``configs/train.yaml`` with its periods shrunk to ``DDP_EVERY_N_*`` (the callbacks unchanged)."""
     config = yaml.safe_load((project / "configs" / "train.yaml").read_text())
@@ -414,7 +390,7 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
         subprocess.run(shapes, cwd=project, env=env, check=True, capture_output=True, timeout=300)
         two_processes.append(f"--data.batch_size={batch_size}")
     with_config = [*command, "--config", "configs/multi_gpu.yaml", *two_processes]
-    result = run_in_own_group(with_config, project, env, DDP_LIMIT)
+    result = run_in_own_group(with_config, env, DDP_LIMIT, cwd=project)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     steps = DDP_EPOCHS * DDP_BATCHES
     assert f"global_step: {steps} " in result.stdout  # the end-of-run report, once
@@ -444,7 +420,7 @@ def test_the_multi_gpu_config_trains_on_two_processes(tmp_path: Path, template: 
         return
 
     without = [*command, "--trainer.strategy=ddp", *two_processes, "--trainer.default_root_dir=runs-ddp"]
-    result = run_in_own_group(without, project, env, DDP_LIMIT)
+    result = run_in_own_group(without, env, DDP_LIMIT, cwd=project)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "ddp_find_unused_parameters_true" in output, output[-6000:]  # manualopt's explanation names it
